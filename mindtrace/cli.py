@@ -1,0 +1,158 @@
+"""The ``mindtrace`` command line: ``mindtrace --help`` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from mindtrace.config import Config
+
+console = Console()
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, so the CLI can never drift from the config it fills."""
+    from mindtrace.train import TrainConfig
+
+    for name, info in TrainConfig.model_fields.items():
+        annotation = info.annotation
+        is_list = typing.get_origin(annotation) is list
+        kind = typing.get_args(annotation)[0] if is_list else annotation
+        if isinstance(kind, types.UnionType):
+            kind = str
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, type=kind, nargs="+" if is_list else None, default=None,
+            help=f"{info.description} (default: {info.default})",
+        )
+    parser.add_argument("--config", dest="config_file", help="a JSON, YAML or INI ([train]) file of these options")
+
+
+def _train_config(args: argparse.Namespace):
+    from mindtrace.train import TrainConfig
+
+    base = TrainConfig.from_file(args.config_file).model_dump() if args.config_file else {}
+    given = {k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None}
+    return TrainConfig.model_validate({**base, **given})
+
+
+def _metrics_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mindtrace.registry import MlflowLightningCallback
+    from mindtrace.train import train
+
+    config = _train_config(args)
+    callbacks = [] if args.no_track else [MlflowLightningCallback(params={"cli": "train"},
+                                                                    experiment_name=args.experiment)]
+    result = train(config, callbacks=callbacks, progress=not args.json)
+    summary = {**result.metrics, "best_checkpoint": result.best_checkpoint}
+    if callbacks:
+        summary["mlflow_run_id"] = callbacks[0].run_id
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        console.print(_metrics_table("training finished", summary))
+        console.print(f"[bold green]test accuracy: {result.metrics['test_acc']:.2%}[/]")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from mindtrace.data import MNIST
+
+    dm = MNIST(local_dir=args.local_dir)
+    dm.prepare_data()
+    table = Table(title=f"MNIST cache: {dm.data_dir}")
+    for column in ("file", "source", "md5"):
+        table.add_column(column)
+    for key, record in dm.provenance.items():
+        table.add_row(key, str(record.get("source")), str(record.get("md5")))
+    console.print(table)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = Config().as_dict()
+    if args.json:
+        print(json.dumps(settings, indent=2))
+        return 0
+    for section, values in settings.items():
+        console.print(f"[bold][{section}][/]")
+        for key, value in values.items():
+            console.print(f"  {key} = {value}", highlight=False)
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from mindtrace.bench import bench_train
+
+    return bench_train(_train_config(args), repeats=args.repeats, json_out=args.json_out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mindtrace", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens, e.g. which source fed MNIST")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train the MLP on MNIST, record it in MLflow, print test accuracy")
+    _add_train_options(p)
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: [MLFLOW] EXPERIMENT_NAME)")
+    p.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON, no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("data", help="the MNIST cache")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    f = data.add_parser("fetch", help="fill and verify the MNIST cache, show where each file came from")
+    f.add_argument("--local-dir", default=None, help="a folder of MNIST IDX files (gzipped or not) to use")
+    f.set_defaults(func=cmd_data_fetch)
+
+    p = commands.add_parser("config", help="show the resolved configuration")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config)
+
+    p = commands.add_parser("bench", help="benchmarks that print figures")
+    bench = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    b = bench.add_parser("train", help="full-MNIST training: accuracy, epochs, seconds, images per second")
+    _add_train_options(b)
+    b.add_argument("--repeats", type=int, default=1, help="runs with seeds seed, seed+1, ...")
+    b.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
+    b.set_defaults(func=cmd_bench_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mindtrace.data.fetch import MnistUnavailableError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except MnistUnavailableError as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
+        return 1
+    except ValidationError as exc:
+        for err in exc.errors():
+            console.print(f"[red]invalid {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}[/]")
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error: {exc}[/]")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Where runs are recorded: the embedded SQLite store under MINDTRACE_HOME, or a tracking server by URI."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from mindtrace.config import Config
+from mindtrace.utils import ifnone
+
+
+def tracking_uri(config: Config | None = None) -> str:
+    """The configured tracking URI; for the embedded SQLite default, its folder is created first.
+
+    >>> tracking_uri(Config(env={"MINDTRACE_HOME": "/tmp/mt-doc"}))
+    'sqlite:////tmp/mt-doc/mlflow/mlflow.db'
+    """
+    config = ifnone(config, Config())
+    uri = config["MLFLOW"]["TRACKING_URI"]
+    if uri.startswith("sqlite:///"):
+        config["DIR_PATHS"].getpath("MLFLOW").mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, config: Config | None = None) -> str:
+    """The id of experiment ``name``, created with the configured artifact root when it does not exist."""
+    config = ifnone(config, Config())
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_root = config["MLFLOW"].getpath("ARTIFACT_ROOT")
+    # A remote server picks its own artifact store; only the embedded store gets a local folder.
+    location = artifact_root.as_uri() + f"/{name}" if client.tracking_uri.startswith("sqlite:") else None
+    return client.create_experiment(name, artifact_location=location)
