@@ -1,4 +1,4 @@
-"""Benchmarks that print figures. Targets are reported, never asserted: a noisy machine must not fail a build."""
+"""Benchmarks that print figures. Targets are reported, not asserted: a noisy machine must not fail CI."""
 
 from __future__ import annotations
 
@@ -31,22 +31,49 @@ def bench_train(config: TrainConfig, repeats: int = 1, json_out: str | None = No
         run_config = config.model_copy(update={"seed": config.seed + i})
         result = train(run_config, progress=False)
         m = result.metrics
-        runs.append({"seed": run_config.seed, "test_acc": m["test_acc"], "epochs": int(m["epochs"]),
-                     "fit_seconds": m["fit_seconds"], "images_per_second": m["images_per_second"],
-                     "fetch_seconds": result.timings["fetch_seconds"]})
+        runs.append(
+            {
+                "seed": run_config.seed,
+                "test_acc": m["test_acc"],
+                "epochs": int(m["epochs"]),
+                "fit_seconds": m["fit_seconds"],
+                "images_per_second": m["images_per_second"],
+                "fetch_seconds": result.timings["fetch_seconds"],
+            }
+        )
         console.print(f"run {i + 1}/{repeats}: test accuracy {m['test_acc']:.2%} in {m['fit_seconds']:.1f} s")
 
     table = Table(title=f"full-MNIST training on {available_cores()} cores, torch {torch.__version__}")
-    for column in ("seed", "test accuracy", "epochs", "fit seconds", "images/s", "accuracy >= 98%", "<= 60 s"):
+    for column in (
+        "seed",
+        "test accuracy",
+        "epochs",
+        "fit seconds",
+        "images/s",
+        "accuracy >= 98%",
+        "<= 60 s",
+    ):
         table.add_column(column)
     for r in runs:
-        table.add_row(str(r["seed"]), f"{r['test_acc']:.2%}", str(r["epochs"]), f"{r['fit_seconds']:.1f}",
-                      f"{r['images_per_second']:,.0f}", _verdict(r["test_acc"] >= TARGET_ACCURACY),
-                      _verdict(r["fit_seconds"] <= TARGET_SECONDS))
+        table.add_row(
+            str(r["seed"]),
+            f"{r['test_acc']:.2%}",
+            str(r["epochs"]),
+            f"{r['fit_seconds']:.1f}",
+            f"{r['images_per_second']:,.0f}",
+            _verdict(r["test_acc"] >= TARGET_ACCURACY),
+            _verdict(r["fit_seconds"] <= TARGET_SECONDS),
+        )
     console.print(table)
     if json_out:
-        report = {"config": config.model_dump(), "runs": runs, "machine": platform.platform(),
-                  "cores": available_cores(), "torch": torch.__version__, "mindtrace": mindtrace.__version__}
+        report = {
+            "config": config.model_dump(),
+            "runs": runs,
+            "machine": platform.platform(),
+            "cores": available_cores(),
+            "torch": torch.__version__,
+            "mindtrace": mindtrace.__version__,
+        }
         Path(json_out).write_text(json.dumps(report, indent=2))
     return 0
 

@@ -31,10 +31,16 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         if isinstance(kind, types.UnionType):
             kind = str
         parser.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, type=kind, nargs="+" if is_list else None, default=None,
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            nargs="+" if is_list else None,
+            default=None,
             help=f"{info.description} (default: {info.default})",
         )
-    parser.add_argument("--config", dest="config_file", help="a JSON, YAML or INI ([train]) file of these options")
+    parser.add_argument(
+        "--config", dest="config_file", help="a JSON, YAML or INI ([train]) file of these options"
+    )
 
 
 def _train_config(args: argparse.Namespace):
@@ -57,8 +63,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mindtrace.train import train
 
     config = _train_config(args)
-    callbacks = [] if args.no_track else [MlflowLightningCallback(params={"cli": "train"},
-                                                                    experiment_name=args.experiment)]
+    callbacks = (
+        []
+        if args.no_track
+        else [MlflowLightningCallback(params={"cli": "train"}, experiment_name=args.experiment)]
+    )
     result = train(config, callbacks=callbacks, progress=not args.json)
     summary = {**result.metrics, "best_checkpoint": result.best_checkpoint}
     if callbacks:
@@ -105,7 +114,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindtrace", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens, e.g. which source fed MNIST")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what happens, e.g. which source fed MNIST"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train the MLP on MNIST, record it in MLflow, print test accuracy")
@@ -139,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mindtrace.data.fetch import MnistUnavailableError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         return args.func(args)
     except MnistUnavailableError as exc:

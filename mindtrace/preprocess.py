@@ -10,8 +10,8 @@ the digit itself fitted in 20x20. ``preprocess`` brings any PIL image to that fo
    is cropped to the ink, scaled so that its longer side is 20 px, and centred by centre of mass as in MNIST;
 4. ``normalize`` scales the pixels and standardizes them with the training set's mean and std.
 
-Training applies ``normalize`` to the uint8 MNIST tensors directly, so an MNIST digit sent to the service gives
-the very tensor the model was trained on.
+Training applies ``normalize`` to the uint8 MNIST tensors directly, so an MNIST digit sent to the service
+gives the very tensor the model was trained on.
 """
 
 from __future__ import annotations

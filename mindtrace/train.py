@@ -139,17 +139,33 @@ def train(
     settings = ifnone(settings, Config())
     pl.seed_everything(config.seed, workers=True, verbose=False)
     torch.set_num_threads(available_cores())
-    dm = ifnone(datamodule, MNIST(batch_size=config.batch_size, num_train=config.num_train,
-                                  num_val=config.num_val, seed=config.seed, config=settings, progress=progress))
+    dm = ifnone(
+        datamodule,
+        MNIST(
+            batch_size=config.batch_size,
+            num_train=config.num_train,
+            num_val=config.num_val,
+            seed=config.seed,
+            config=settings,
+            progress=progress,
+        ),
+    )
     t0 = time.perf_counter()
     dm.prepare_data()
     fetch_seconds = time.perf_counter() - t0
 
-    model = MLP(dim=config.dim, dropout=config.dropout, learning_rate=config.learning_rate,
-                weight_decay=config.weight_decay)
+    model = MLP(
+        dim=config.dim,
+        dropout=config.dropout,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
     checkpoint = ModelCheckpoint(
         dirpath=settings["DIR_PATHS"].getpath("CHECKPOINTS") / time.strftime("%Y%m%d-%H%M%S"),
-        monitor="val_acc", mode="max", filename="epoch{epoch}-val_acc{val_acc:.4f}", auto_insert_metric_name=False,
+        monitor="val_acc",
+        mode="max",
+        filename="epoch{epoch}-val_acc{val_acc:.4f}",
+        auto_insert_metric_name=False,
     )
     trainer = pl.Trainer(
         max_epochs=config.epochs,
@@ -171,7 +187,16 @@ def train(
 
     metrics = {k.removesuffix("_epoch"): v for k, v in fit_metrics.items()}
     metrics.update({k: float(v) for k, v in test_metrics.items()})
-    metrics.update(epochs=float(trainer.current_epoch), fit_seconds=fit_seconds,
-                   images_per_second=config.num_train * trainer.current_epoch / fit_seconds)
-    return TrainResult(model=model, metrics=metrics, datamodule=dm, config=config, best_checkpoint=ckpt,
-                       timings={"fetch_seconds": fetch_seconds, "fit_seconds": fit_seconds})
+    metrics.update(
+        epochs=float(trainer.current_epoch),
+        fit_seconds=fit_seconds,
+        images_per_second=config.num_train * trainer.current_epoch / fit_seconds,
+    )
+    return TrainResult(
+        model=model,
+        metrics=metrics,
+        datamodule=dm,
+        config=config,
+        best_checkpoint=ckpt,
+        timings={"fetch_seconds": fetch_seconds, "fit_seconds": fit_seconds},
+    )

@@ -11,7 +11,7 @@ def _digit() -> np.ndarray:
     img = Image.new("L", (SIZE, SIZE), 0)
     draw = ImageDraw.Draw(img)
     draw.line([(8, 7), (20, 7), (12, 22)], fill=255, width=3)
-    return np.asarray(img)
+    return np.array(img)
 
 
 def test_mnist_formatted_image_gives_exactly_the_training_tensor():

@@ -77,7 +77,7 @@ def test_pil_tensor_roundtrip():
     img = Image.effect_noise((6, 4), 80)
     t = pil_to_tensor(img)
     assert t.shape == (1, 4, 6) and t.dtype == torch.float32
-    assert 0.0 <= t.min() and t.max() <= 1.0
+    assert t.min() >= 0.0 and t.max() <= 1.0
     assert list(tensor_to_pil(t).getdata()) == list(img.getdata())
 
 

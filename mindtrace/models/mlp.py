@@ -26,7 +26,7 @@ class MLPNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout}")
         layers: list[nn.Module] = [nn.Flatten()]
-        for i, (d_in, d_out) in enumerate(zip(dim[:-1], dim[1:])):
+        for i, (d_in, d_out) in enumerate(zip(dim[:-1], dim[1:], strict=True)):
             layers.append(nn.Linear(d_in, d_out))
             if i < len(dim) - 2:
                 layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
@@ -54,8 +54,14 @@ class MLP(pl.LightningModule):
         weight_decay: float = 1e-4,
     ):
         super().__init__()
-        self.save_hyperparameters({"dim": list(dim), "dropout": dropout, "learning_rate": learning_rate,
-                                   "weight_decay": weight_decay})
+        self.save_hyperparameters(
+            {
+                "dim": list(dim),
+                "dropout": dropout,
+                "learning_rate": learning_rate,
+                "weight_decay": weight_decay,
+            }
+        )
         self.net = MLPNet(dim, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,17 +59,22 @@ class MlflowLightningCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         experiment_id = get_or_create_experiment(self.client, self.experiment_name, self.config)
-        tags = {"mindtrace.version": mindtrace.__version__, "python": platform.python_version(),
-                "model.class": type(pl_module).__name__}
+        tags = {
+            "mindtrace.version": mindtrace.__version__,
+            "python": platform.python_version(),
+            "model.class": type(pl_module).__name__,
+        }
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         datamodule = trainer.datamodule
-        params = flatten_dict({
-            "user": self.params,
-            "model": dict(pl_module.hparams),
-            "data": dict(datamodule.hparams) if datamodule is not None else {},
-            "trainer": {"max_epochs": trainer.max_epochs},
-        })
+        params = flatten_dict(
+            {
+                "user": self.params,
+                "model": dict(pl_module.hparams),
+                "data": dict(datamodule.hparams) if datamodule is not None else {},
+                "trainer": {"max_epochs": trainer.max_epochs},
+            }
+        )
         self.client.log_batch(self.run_id, params=[Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items()])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -84,9 +89,13 @@ class MlflowLightningCallback(pl.Callback):
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, "FINISHED")
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if self.run_id is not None:
-            self.client.set_tag(self.run_id, "mindtrace.error", f"{type(exception).__name__}: {exception}"[:5000])
+            self.client.set_tag(
+                self.run_id, "mindtrace.error", f"{type(exception).__name__}: {exception}"[:5000]
+            )
             self.client.set_terminated(self.run_id, "FAILED")
 
     def _log_metrics(self, trainer: pl.Trainer, step: int, prefix: str = "") -> None:
