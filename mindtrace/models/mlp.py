@@ -9,7 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# The defaults of a training run; TrainConfig takes its defaults from here.
 DEFAULT_DIM = (784, 512, 256, 10)
+DEFAULT_DROPOUT = 0.2
+DEFAULT_LEARNING_RATE = 3e-3
+DEFAULT_WEIGHT_DECAY = 1e-4
 
 
 class MLPNet(nn.Module):
@@ -19,7 +23,7 @@ class MLPNet(nn.Module):
     torch.Size([2, 10])
     """
 
-    def __init__(self, dim: Sequence[int] = DEFAULT_DIM, dropout: float = 0.2):
+    def __init__(self, dim: Sequence[int] = DEFAULT_DIM, dropout: float = DEFAULT_DROPOUT):
         super().__init__()
         if len(dim) < 2 or any(d < 1 for d in dim):
             raise ValueError(f"dim needs an input and an output size, all positive; got {list(dim)}")
@@ -49,9 +53,9 @@ class MLP(pl.LightningModule):
     def __init__(
         self,
         dim: Sequence[int] = DEFAULT_DIM,
-        dropout: float = 0.2,
-        learning_rate: float = 3e-3,
-        weight_decay: float = 1e-4,
+        dropout: float = DEFAULT_DROPOUT,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
+        weight_decay: float = DEFAULT_WEIGHT_DECAY,
     ):
         super().__init__()
         self.save_hyperparameters(
