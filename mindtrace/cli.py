@@ -22,7 +22,7 @@ console = Console()
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, so the CLI can never drift from the config it fills."""
-    from mindtrace.train import TrainConfig
+    from mindtrace.train_config import TrainConfig
 
     for name, info in TrainConfig.model_fields.items():
         annotation = info.annotation
@@ -44,7 +44,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from mindtrace.train import TrainConfig
+    from mindtrace.train_config import TrainConfig
 
     base = TrainConfig.from_file(args.config_file).model_dump() if args.config_file else {}
     given = {k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None}
@@ -83,8 +83,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from mindtrace.data import MNIST
 
-    dm = MNIST(local_dir=args.local_dir)
+    dm = MNIST(local_dir=args.local_dir, progress=not args.json)
     dm.prepare_data()
+    if args.json:
+        print(json.dumps({"data_dir": str(dm.data_dir), "files": dm.provenance}, indent=2))
+        return 0
     table = Table(title=f"MNIST cache: {dm.data_dir}")
     for column in ("file", "source", "md5"):
         table.add_column(column)
@@ -113,7 +116,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mindtrace", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mindtrace", description="Train, track and serve MNIST digit models."
+    )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log what happens, e.g. which source fed MNIST"
     )
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     f = data.add_parser("fetch", help="fill and verify the MNIST cache, show where each file came from")
     f.add_argument("--local-dir", default=None, help="a folder of MNIST IDX files (gzipped or not) to use")
+    f.add_argument("--json", action="store_true", help="print the cache's files and sources as JSON")
     f.set_defaults(func=cmd_data_fetch)
 
     p = commands.add_parser("config", help="show the resolved configuration")

@@ -12,11 +12,13 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI and the fetch code start faster without it
+    import torch
 
 T = TypeVar("T")
 
@@ -104,6 +106,8 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     >>> pil_to_tensor(Image.new("L", (3, 2), 255)).shape
     torch.Size([1, 2, 3])
     """
+    import torch
+
     arr = np.array(img)  # a writable copy: torch refuses to share read-only buffers
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
@@ -114,9 +118,12 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 def tensor_to_pil(t: torch.Tensor) -> Image.Image:
     """A ``[H, W]``, ``[1, H, W]`` or ``[3, H, W]`` tensor (floats in ``[0, 1]`` or uint8) as an image.
 
+    >>> import torch
     >>> tensor_to_pil(torch.ones(1, 2, 3)).getpixel((0, 0))
     255
     """
+    import torch
+
     t = t.detach().cpu()
     if t.dim() == 3:
         t = t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)

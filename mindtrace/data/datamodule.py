@@ -12,11 +12,9 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from mindtrace.config import Config
-from mindtrace.data.fetch import MnistSpec, ensure_mnist, load_mnist_arrays
+from mindtrace.data.fetch import TRAIN_SIZE, MnistSpec, ensure_mnist, load_mnist_arrays
 from mindtrace.preprocess import normalize
 from mindtrace.utils import ifnone
-
-TRAIN_SIZE = 60_000
 
 
 class _TensorBatches(Dataset):

@@ -53,6 +53,7 @@ except ImportError:  # numpy < 2
 log = logging.getLogger(__name__)
 
 FILE_KEYS = ("TRAIN_IMAGES", "TRAIN_LABELS", "TEST_IMAGES", "TEST_LABELS")
+TRAIN_SIZE = 60_000  # images in the official training file, split into train and val
 SOURCE_NAMES = ("mirrors", "pypi", "local")
 LOCK_NAME = ".mnist.lock"
 _CHUNK = 1 << 16

@@ -9,11 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# The defaults of a training run; TrainConfig takes its defaults from here.
-DEFAULT_DIM = (784, 512, 256, 10)
-DEFAULT_DROPOUT = 0.2
-DEFAULT_LEARNING_RATE = 3e-3
-DEFAULT_WEIGHT_DECAY = 1e-4
+from mindtrace.train_config import DEFAULT_DIM, DEFAULT_DROPOUT, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY
 
 
 class MLPNet(nn.Module):

@@ -1,0 +1,107 @@
+"""The training config: every knob of a run, validated, shared by the CLI, the Python API and POST /retrain.
+
+Kept free of torch and Lightning so that reading and checking a config is instant.
+
+>>> TrainConfig(epochs=3).dim
+[784, 512, 256, 10]
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mindtrace.data.fetch import TRAIN_SIZE
+
+# The defaults of a training run; MLP takes its own defaults from here too.
+DEFAULT_DIM = (784, 512, 256, 10)
+DEFAULT_DROPOUT = 0.2
+DEFAULT_LEARNING_RATE = 3e-3
+DEFAULT_WEIGHT_DECAY = 1e-4
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run, validated; unknown keys are refused.
+
+    >>> TrainConfig(epochs=2, hidden_dims="128, 64").hidden_dims
+    [128, 64]
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, le=1000, description="passes over the training split")
+    learning_rate: float = Field(
+        DEFAULT_LEARNING_RATE, gt=0, le=1, description="peak learning rate of the one-cycle schedule"
+    )
+    batch_size: int = Field(256, ge=1, le=8192, description="images per training step")
+    hidden_dims: list[int] = Field(
+        list(DEFAULT_DIM[1:-1]), max_length=8, description="sizes of the hidden layers"
+    )
+    dropout: float = Field(DEFAULT_DROPOUT, ge=0, lt=1, description="dropout after each hidden layer")
+    weight_decay: float = Field(DEFAULT_WEIGHT_DECAY, ge=0, le=1, description="AdamW weight decay")
+    seed: int = Field(42, ge=0, description="seeds the split, the initial weights and the shuffling")
+    num_train: int = Field(55_000, ge=1, le=TRAIN_SIZE, description="training images")
+    num_val: int = Field(5_000, ge=1, le=TRAIN_SIZE, description="validation images")
+
+    @field_validator("hidden_dims", mode="before")
+    @classmethod
+    def _split_dims(cls, value: Any) -> Any:
+        # INI files, query strings and the CLI give "512,256".
+        if isinstance(value, str):
+            return [v.strip() for v in value.replace(" ", ",").split(",") if v.strip()]
+        return value
+
+    @field_validator("hidden_dims")
+    @classmethod
+    def _positive_dims(cls, value: list[int]) -> list[int]:
+        if any(d < 1 or d > 8192 for d in value):
+            raise ValueError("each hidden layer needs between 1 and 8192 units")
+        return value
+
+    @model_validator(mode="after")
+    def _split_fits(self) -> TrainConfig:
+        if self.num_train + self.num_val > TRAIN_SIZE:
+            raise ValueError(f"num_train + num_val must be at most {TRAIN_SIZE}")
+        return self
+
+    @property
+    def dim(self) -> list[int]:
+        """Layer sizes of the MLP, input and output included."""
+        return [784, *self.hidden_dims, 10]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a config from a JSON, YAML or INI file (INI: the ``[train]`` section).
+
+        >>> import tempfile; p = Path(tempfile.mkdtemp()) / "c.ini"
+        >>> _ = p.write_text("[train]\\nepochs = 3\\n")
+        >>> TrainConfig.from_file(p).epochs
+        3
+        """
+        path = Path(path)
+        return cls.from_text(path.read_text(), path.suffix)
+
+    @classmethod
+    def from_text(cls, text: str, suffix: str) -> TrainConfig:
+        """Parse config text given the file suffix (``.json``, ``.yaml``/``.yml`` or ``.ini``/``.cfg``)."""
+        suffix = suffix.lower()
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix in (".ini", ".cfg"):
+            parser = configparser.ConfigParser()
+            parser.read_string(text)
+            if not parser.has_section("train"):
+                raise ValueError("an INI training config needs a [train] section")
+            data = dict(parser["train"])
+        else:
+            raise ValueError(f"unsupported config file type {suffix!r}: use .json, .yaml, .yml or .ini")
+        if not isinstance(data, dict):
+            raise ValueError("a training config must be a mapping of parameter names to values")
+        return cls.model_validate(data)
