@@ -59,10 +59,11 @@ def _metrics_table(title: str, rows: dict[str, Any]) -> Table:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config = _train_config(args)  # a bad option fails here, before the slow imports below
+
     from mindtrace.registry import MlflowLightningCallback
     from mindtrace.train import train
 
-    config = _train_config(args)
     callbacks = (
         []
         if args.no_track

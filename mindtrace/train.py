@@ -11,9 +11,11 @@ True
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -77,7 +79,7 @@ def train(
         weight_decay=config.weight_decay,
     )
     checkpoint = ModelCheckpoint(
-        dirpath=settings["DIR_PATHS"].getpath("CHECKPOINTS") / time.strftime("%Y%m%d-%H%M%S"),
+        dirpath=_new_folder(settings["DIR_PATHS"].getpath("CHECKPOINTS")),
         monitor="val_acc",
         mode="max",
         filename="epoch{epoch}-val_acc{val_acc:.4f}",
@@ -116,3 +118,9 @@ def train(
         best_checkpoint=ckpt,
         timings={"fetch_seconds": fetch_seconds, "fit_seconds": fit_seconds},
     )
+
+
+def _new_folder(parent: Path) -> Path:
+    """A fresh folder named by the time, unique even for runs started in the same second."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=parent, prefix=time.strftime("%Y%m%d-%H%M%S-")))
