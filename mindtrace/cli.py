@@ -8,6 +8,7 @@ import logging
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -157,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mindtrace.data.fetch import MnistUnavailableError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    # Lightning sets its own level when imported; its hardware banner and tips come from this child logger.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(level)
+    # Lightning 2.6 on torch 2.13 warns about its own use of a torch API; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         return args.func(args)
     except MnistUnavailableError as exc:
