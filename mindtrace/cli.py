@@ -55,7 +55,11 @@ def _train_config(args: argparse.Namespace):
 def _metrics_table(title: str, rows: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=False)
     for key, value in rows.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if isinstance(value, float) and not value.is_integer():
+            value = f"{value:.4f}"
+        elif isinstance(value, float):
+            value = int(value)
+        table.add_row(key, str(value))
     return table
 
 
