@@ -6,12 +6,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image, ImageOps
 from pydantic import ValidationError
 from torch.nn import functional as F
 
 from mindtrace import Config
 from mindtrace.data import MNIST
 from mindtrace.models import MLP
+from mindtrace.preprocess import preprocess
 from mindtrace.registry import MlflowLightningCallback, tracking_uri
 from mindtrace.train import TrainConfig, train
 
@@ -43,6 +45,19 @@ def test_training_smoke_loss_falls_and_accuracy_is_far_above_chance(mnist_home):
     )
     assert F.cross_entropy(logits, y).item() == pytest.approx(result.metrics["test_loss"], abs=1e-3)
     assert result.best_checkpoint and result.best_checkpoint.startswith(str(mnist_home / "checkpoints"))
+
+    # The trained model reads digits sent in other forms, through the one preprocessing path.
+    def accuracy(transform, n=500):
+        samples = [result.datamodule.sample("test", i) for i in range(n)]
+        x = torch.stack([preprocess(transform(img)) for img, _ in samples])
+        with torch.no_grad():
+            predicted = result.model(x).argmax(1)
+        return (predicted == torch.tensor([label for _, label in samples])).float().mean().item()
+
+    as_is = accuracy(lambda img: img)
+    assert accuracy(lambda img: ImageOps.invert(img).convert("RGB")) == as_is  # dark ink on white paper
+    assert accuracy(lambda img: img.resize((84, 84), Image.Resampling.BICUBIC)) > as_is - 0.06
+    assert accuracy(lambda img: ImageOps.expand(img, border=(20, 6, 12, 6))) > as_is - 0.06  # off-centre
 
 
 @pytest.mark.slow
