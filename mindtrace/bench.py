@@ -38,7 +38,7 @@ def bench_train(config: TrainConfig, repeats: int = 1, json_out: str | None = No
                 "epochs": int(m["epochs"]),
                 "fit_seconds": m["fit_seconds"],
                 "images_per_second": m["images_per_second"],
-                "fetch_seconds": result.timings["fetch_seconds"],
+                "fetch_seconds": result.fetch_seconds,
             }
         )
         console.print(f"run {i + 1}/{repeats}: test accuracy {m['test_acc']:.2%} in {m['fit_seconds']:.1f} s")

@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from mindtrace.config import Config
+from mindtrace.data.fetch import MnistUnavailableError
+from mindtrace.train_config import TrainConfig
 
 console = Console()
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, so the CLI can never drift from the config it fills."""
-    from mindtrace.train_config import TrainConfig
-
     for name, info in TrainConfig.model_fields.items():
         annotation = info.annotation
         is_list = typing.get_origin(annotation) is list
@@ -44,9 +44,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _train_config(args: argparse.Namespace):
-    from mindtrace.train_config import TrainConfig
-
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config_file).model_dump() if args.config_file else {}
     given = {k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None}
     return TrainConfig.model_validate({**base, **given})
@@ -72,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     callbacks = (
         []
         if args.no_track
-        else [MlflowLightningCallback(params={"cli": "train"}, experiment_name=args.experiment)]
+        else [MlflowLightningCallback(params={"train": config.model_dump()}, experiment_name=args.experiment)]
     )
     result = train(config, callbacks=callbacks, progress=not args.json)
     summary = {**result.metrics, "best_checkpoint": result.best_checkpoint}
@@ -98,7 +96,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     for column in ("file", "source", "md5"):
         table.add_column(column)
     for key, record in dm.provenance.items():
-        table.add_row(key, str(record.get("source")), str(record.get("md5")))
+        table.add_row(key, record["source"], record["md5"])
     console.print(table)
     return 0
 
@@ -159,8 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mindtrace.data.fetch import MnistUnavailableError
-
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
+
+from mindtrace import Config
+from mindtrace.registry import tracking_uri
 
 MINDTRACE = shutil.which("mindtrace", path=str(Path(sys.executable).parent))
 
@@ -71,4 +75,7 @@ def test_train_with_a_config_file_prints_json_metrics(mnist_home, tmp_path):
     proc = run("train", "--config", str(config), "--batch-size", "128", "--json")
     metrics = json.loads(proc.stdout)
     assert metrics["epochs"] == 1 and metrics["test_acc"] > 0.8
-    assert metrics["mlflow_run_id"]
+    recorded = MlflowClient(tracking_uri(Config())).get_run(metrics["mlflow_run_id"]).data
+    assert recorded.params["user.train.batch_size"] == "128"  # the CLI option beat the file's default
+    assert recorded.params["user.train.hidden_dims"] == "[64]"
+    assert recorded.metrics["test_acc"] == metrics["test_acc"]
