@@ -25,7 +25,7 @@ from mindtrace.config import Config
 from mindtrace.data import MNIST
 from mindtrace.models import MLP
 from mindtrace.train_config import TrainConfig
-from mindtrace.utils import available_cores, ifnone
+from mindtrace.utils import available_cores, epoch_metrics, ifnone
 
 
 @dataclass
@@ -100,13 +100,12 @@ def train(
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_seconds = time.perf_counter() - t0
-    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.endswith("_step")}
+    metrics = epoch_metrics(trainer.callback_metrics)
     ckpt = checkpoint.best_model_path or None
     # The checkpoint was written by this very run a moment ago, so loading its full pickle is safe.
     test_metrics = trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=False)[0]
 
-    metrics = {k.removesuffix("_epoch"): v for k, v in fit_metrics.items()}
-    metrics.update({k: float(v) for k, v in test_metrics.items()})
+    metrics.update(epoch_metrics(test_metrics))
     metrics.update(
         epochs=float(trainer.current_epoch),
         fit_seconds=fit_seconds,

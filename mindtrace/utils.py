@@ -48,6 +48,15 @@ def flatten_dict(d: Mapping[str, Any], parent_key: str = "", sep: str = ".") -> 
     return items
 
 
+def epoch_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Lightning's ``callback_metrics`` as plain floats, per-step values dropped, ``_epoch`` suffixes removed.
+
+    >>> epoch_metrics({"train_loss_step": 0.5, "train_loss_epoch": 0.25, "val_acc": 0.75})
+    {'train_loss': 0.25, 'val_acc': 0.75}
+    """
+    return {k.removesuffix("_epoch"): float(v) for k, v in metrics.items() if not k.endswith("_step")}
+
+
 def available_cores() -> int:
     """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
 

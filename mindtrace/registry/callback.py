@@ -13,7 +13,7 @@ from mlflow.utils.time import get_current_time_millis
 import mindtrace
 from mindtrace.config import Config
 from mindtrace.registry.tracking import get_or_create_experiment, tracking_uri
-from mindtrace.utils import flatten_dict, ifnone
+from mindtrace.utils import epoch_metrics, flatten_dict, ifnone
 
 _MAX_PARAM = 6000  # MLflow's limit on a parameter value's length
 
@@ -101,9 +101,9 @@ class MlflowLightningCallback(pl.Callback):
     def _log_metrics(self, trainer: pl.Trainer, step: int, prefix: str = "") -> None:
         now = get_current_time_millis()
         metrics = [
-            Metric(name.removesuffix("_epoch"), float(value), now, step)
-            for name, value in trainer.callback_metrics.items()
-            if name.startswith(prefix) and not name.endswith("_step")
+            Metric(name, value, now, step)
+            for name, value in epoch_metrics(trainer.callback_metrics).items()
+            if name.startswith(prefix)
         ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
