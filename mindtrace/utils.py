@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
 import hashlib
 import io
+import logging
 import math
 import os
 import tempfile
@@ -21,6 +23,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI and the fetch c
     import torch
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def ifnone(val: T | None, default: T) -> T:
@@ -179,3 +182,24 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, waiting_for: str = "another process") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block.
+
+    The lock belongs to the open file, so a process that dies releases it: no stale lock files to clean.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> with exclusive_lock(d / ".lock"):
+    ...     pass
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for a lock on %s: %s", path, waiting_for)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield

@@ -17,7 +17,6 @@ A file reaches the cache only once its raw MD5 matches: it is written beside its
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import http.client
@@ -43,7 +42,7 @@ from rich.text import Text
 
 from mindtrace.config import Config
 from mindtrace.data.idx import GZIP_MAGIC, idx_bytes, read_idx
-from mindtrace.utils import atomic_write, file_digest
+from mindtrace.utils import atomic_write, exclusive_lock, file_digest
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -176,7 +175,7 @@ def ensure_mnist(
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, FetchRecord] = {}
-    with _exclusive_lock(data_dir / LOCK_NAME):
+    with exclusive_lock(data_dir / LOCK_NAME, "another process is fetching MNIST"):
         for f in spec.files:
             for stale in data_dir.glob(f".{f.name}.*.part"):  # left by a killed writer; we hold the lock
                 stale.unlink()
@@ -221,17 +220,6 @@ def load_mnist_arrays(
 
 
 # --- the cache ----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:  # closing the file releases the lock, even if the process dies
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process that is fetching MNIST into %s", path.parent)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def _cached(f: MnistFile, path: Path) -> FetchRecord | None:

@@ -25,6 +25,7 @@ class MLPNet(nn.Module):
             raise ValueError(f"dim needs an input and an output size, all positive; got {list(dim)}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); got {dropout}")
+        self.dim = list(dim)  # kept so that a saved model can be rebuilt from its weights
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (d_in, d_out) in enumerate(zip(dim[:-1], dim[1:], strict=True)):
             layers.append(nn.Linear(d_in, d_out))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from mlflow.tracking import MlflowClient
 
 from mindtrace.config import Config
 from mindtrace.utils import ifnone
+
+# A model is a few files: MLflow's per-file download bars only clutter the output. Still yours to turn on.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri(config: Config | None = None) -> str:
