@@ -1,4 +1,5 @@
-"""The training config: every knob of a run, validated, shared by the CLI, the Python API and POST /retrain.
+"""The training config and the promotion policy: every knob of a run, validated, shared by the CLI, the
+Python API and POST /retrain.
 
 Kept free of torch and Lightning so that reading and checking a config is instant.
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 import configparser
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mindtrace.config import Config
 from mindtrace.data.fetch import TRAIN_SIZE
 
 # The defaults of a training run; MLP takes its own defaults from here too.
@@ -105,3 +107,31 @@ class TrainConfig(BaseModel):
         if not isinstance(data, dict):
             raise ValueError("a training config must be a mapping of parameter names to values")
         return cls.model_validate(data)
+
+
+class PromotionPolicy(BaseModel):
+    """How the gate decides; shared by ``mindtrace train``, the Python API and ``POST /retrain``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["if-better", "always", "never"] = Field(
+        "if-better", description="if-better: beat the champion by the margin; always; never"
+    )
+    metric: Literal["test_acc", "test_macro_f1", "test_loss"] = Field(
+        "test_acc", description="what 'better' means (test_loss: lower is better)"
+    )
+    margin: float = Field(0.0, ge=0, le=1, description="how much better the challenger must be")
+    min_accuracy: float = Field(
+        0.9, ge=0, le=1, description="test accuracy the first champion needs (if-better, no champion yet)"
+    )
+
+    @classmethod
+    def from_config(cls, config: Config | None = None) -> PromotionPolicy:
+        """The ``[PROMOTION]`` section of the settings."""
+        section = (config or Config())["PROMOTION"]
+        return cls(
+            policy=section["POLICY"],
+            metric=section["METRIC"],
+            margin=section.getfloat("MARGIN"),
+            min_accuracy=section.getfloat("MIN_ACCURACY"),
+        )

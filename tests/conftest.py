@@ -1,5 +1,6 @@
-"""Fixtures: an isolated MINDTRACE_HOME per test, the real MNIST cache, and for the fetch tests a tiny
-MNIST-shaped data set, a loopback HTTP server for it, and an offline pip."""
+"""Fixtures: an isolated MINDTRACE_HOME per test and a BentoML store for the session, the real MNIST cache,
+a real ``mlflow server``, and for the fetch tests a tiny MNIST-shaped data set, a loopback HTTP server for it
+and an offline pip."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +28,16 @@ import pytest
 from mindtrace.config import Config
 from mindtrace.data.fetch import MnistSpec, ensure_mnist
 from mindtrace.data.idx import idx_bytes
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # BentoML reads BENTOML_HOME once, on first use: set it before any test can touch the user's ~/bentoml.
+    config._bentoml_home = tempfile.mkdtemp(prefix="mindtrace-tests-bentoml-")
+    os.environ["BENTOML_HOME"] = config._bentoml_home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(getattr(config, "_bentoml_home", ""), ignore_errors=True)
 
 
 @dataclass
@@ -160,3 +179,56 @@ def mnist_home(real_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, _isolated_
     """An isolated MINDTRACE_HOME whose data folder already holds the verified real MNIST cache."""
     monkeypatch.setenv("MINDTRACE__DIR_PATHS__DATA", str(real_mnist_dir.parent))
     return _isolated_home
+
+
+# --- a real MLflow tracking server ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mlflow server`` on a free 127.0.0.1 port (SQLite, proxied artifacts); its URI. Stopped after."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    command = [
+        str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    # Its own session: the server and the uvicorn worker it spawns are stopped together, and nothing else.
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {_tail(root / 'server.log')}")
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {_tail(root / 'server.log')}")
+            time.sleep(0.3)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-2000:]

@@ -141,9 +141,14 @@ class MNIST(pl.LightningDataModule):
         return Image.fromarray(x[idx].numpy()), int(y[idx])
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies the data a model saw: sources and checksums of the files, split sizes and seed."""
+        """What identifies the data a model saw: the files' checksums, split sizes and seed.
+
+        ``sources`` says where each file came from this time ("cache" once it is cached); it is provenance,
+        not identity, so compare fingerprints without it.
+        """
         return {
-            "files": self.provenance,
+            "files": {key: {"file": r["file"], "md5": r["md5"]} for key, r in self.provenance.items()},
+            "sources": {key: r["source"] for key, r in self.provenance.items()},
             "num_train": self.num_train,
             "num_val": self.num_val,
             "num_test": 10_000,

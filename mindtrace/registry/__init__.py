@@ -5,36 +5,37 @@
 '3'
 """
 
-from mindtrace.registry.bento import BentoImport, import_version, load_bento_mlp
-from mindtrace.registry.callback import MlflowLightningCallback
-from mindtrace.registry.gate import PromotionPolicy, review
-from mindtrace.registry.query import (
+from importlib import import_module
+from typing import Any
+
+from mindtrace.registry.errors import (
     InvalidQueryError,
     NotFoundError,
-    Registry,
     RegistryError,
     RegistryUnavailableError,
 )
-from mindtrace.registry.schemas import AliasEvent, Comparison, GateDecision, ModelSummary, VersionInfo
-from mindtrace.registry.tracking import get_or_create_experiment, tracking_uri
 
-__all__ = [
-    "AliasEvent",
-    "BentoImport",
-    "Comparison",
-    "GateDecision",
-    "InvalidQueryError",
-    "MlflowLightningCallback",
-    "ModelSummary",
-    "NotFoundError",
-    "PromotionPolicy",
-    "Registry",
-    "RegistryError",
-    "RegistryUnavailableError",
-    "VersionInfo",
-    "get_or_create_experiment",
-    "import_version",
-    "load_bento_mlp",
-    "review",
-    "tracking_uri",
-]
+# The rest pulls in MLflow, torch or Lightning (seconds to import), so it loads on first use.
+_LAZY = {
+    "MlflowLightningCallback": "callback",
+    "Registry": "query",
+    "review": "gate",
+    "import_version": "bento",
+    "load_bento_mlp": "bento",
+    "BentoImport": "bento",
+    "AliasEvent": "schemas",
+    "Comparison": "schemas",
+    "GateDecision": "schemas",
+    "ModelSummary": "schemas",
+    "VersionInfo": "schemas",
+    "get_or_create_experiment": "tracking",
+    "tracking_uri": "tracking",
+}
+
+__all__ = ["InvalidQueryError", "NotFoundError", "RegistryError", "RegistryUnavailableError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"mindtrace.registry.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

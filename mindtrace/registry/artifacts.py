@@ -36,8 +36,8 @@ def _signature():
     from mlflow.types import Schema, TensorSpec
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28), name="images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10), name="logits")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
     )
 
 

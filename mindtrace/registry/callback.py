@@ -234,13 +234,14 @@ class MlflowLightningCallback(pl.Callback):
 
     def _log_dataset(self, datamodule: pl.LightningDataModule) -> None:
         fingerprint = datamodule.fingerprint()
-        text = json.dumps(fingerprint, indent=2, sort_keys=True)
-        digest = hashlib.sha256(text.encode()).hexdigest()
+        identity = {k: v for k, v in fingerprint.items() if k != "sources"}  # same data, however fetched
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         self.client.set_tag(self.run_id, DATA_DIGEST_TAG, digest)
-        sources = sorted({str(f.get("source")) for f in fingerprint.get("files", {}).values()})
+        sources = sorted(set(fingerprint.get("sources", {}).values()))
         self.client.set_tag(self.run_id, "mindtrace.data.sources", ", ".join(sources))
-        self.client.log_text(self.run_id, text, f"{DATA_PATH}/fingerprint.json")
-        self.client.set_tag(self.run_id, f"{ARTIFACT_TAG_PREFIX}fingerprint", f"{DATA_PATH}/fingerprint.json")
+        path = f"{DATA_PATH}/fingerprint.json"
+        self.client.log_text(self.run_id, json.dumps(fingerprint, indent=2, sort_keys=True), path)
+        self.client.set_tag(self.run_id, f"{ARTIFACT_TAG_PREFIX}fingerprint", path)
         dataset = Dataset(
             name=type(datamodule).__name__.lower(),
             digest=digest[:36],

@@ -13,48 +13,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from mindtrace.config import Config
 from mindtrace.evaluate import Evaluation, evaluate
 from mindtrace.registry.query import Registry, RegistryError
 from mindtrace.registry.schemas import GateDecision
+from mindtrace.train_config import PromotionPolicy
 from mindtrace.utils import ifnone
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 GATE_TAG_PREFIX = "mindtrace.gate."
 _LOWER_IS_BETTER = {"test_loss"}
-
-
-class PromotionPolicy(BaseModel):
-    """How the gate decides; shared by ``mindtrace train``, the Python API and ``POST /retrain``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    policy: Literal["if-better", "always", "never"] = Field(
-        "if-better", description="if-better: beat the champion by the margin; always; never"
-    )
-    metric: Literal["test_acc", "test_macro_f1", "test_loss"] = Field(
-        "test_acc", description="what 'better' means (test_loss: lower is better)"
-    )
-    margin: float = Field(0.0, ge=0, le=1, description="how much better the challenger must be")
-    min_accuracy: float = Field(
-        0.9, ge=0, le=1, description="test accuracy the first champion needs (if-better, no champion yet)"
-    )
-
-    @classmethod
-    def from_config(cls, config: Config | None = None) -> PromotionPolicy:
-        """The ``[PROMOTION]`` section of the settings."""
-        section = ifnone(config, Config())["PROMOTION"]
-        return cls(
-            policy=section["POLICY"],
-            metric=section["METRIC"],
-            margin=section.getfloat("MARGIN"),
-            min_accuracy=section.getfloat("MIN_ACCURACY"),
-        )
 
 
 def decide(

@@ -29,6 +29,12 @@ from mlflow.tracking import MlflowClient
 from mindtrace.config import Config
 from mindtrace.models import MLPNet
 from mindtrace.registry.artifacts import load_mlp
+from mindtrace.registry.errors import (
+    InvalidQueryError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+)
 from mindtrace.registry.schemas import AliasEvent, Comparison, MetricDelta, ModelSummary, VersionInfo
 from mindtrace.registry.tracking import tracking_uri as configured_uri
 from mindtrace.utils import ifnone
@@ -37,22 +43,6 @@ ALIAS_LOG_PREFIX = "mindtrace.alias_log."
 ARTIFACT_TAG_PREFIX = "mindtrace.artifact."  # run tags naming artifacts: mindtrace.artifact.checkpoint = path
 DATA_DIGEST_TAG = "mindtrace.data.digest"
 _PAGE = 1000
-
-
-class RegistryError(Exception):
-    """The registry refused or failed an operation; the message says why."""
-
-
-class NotFoundError(RegistryError, LookupError):
-    """No such registered model, version or alias."""
-
-
-class RegistryUnavailableError(RegistryError):
-    """The tracking server or database cannot be reached."""
-
-
-class InvalidQueryError(RegistryError, ValueError):
-    """A filter, ordering, alias or name the registry cannot use."""
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The ``mindtrace`` command line: ``mindtrace --help`` lists the commands."""
+"""The parser and the training, data, config and benchmark commands."""
 
 from __future__ import annotations
 
@@ -12,74 +12,87 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
+from pydantic import BaseModel, ValidationError
 
+from mindtrace.cli import registry as registry_commands
+from mindtrace.cli.output import console, key_value_table, table
 from mindtrace.config import Config
 from mindtrace.data.fetch import MnistUnavailableError
-from mindtrace.train_config import TrainConfig
+from mindtrace.registry.errors import RegistryError
+from mindtrace.train_config import PromotionPolicy, TrainConfig
 
-console = Console()
 
-
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, so the CLI can never drift from the config it fills."""
-    for name, info in TrainConfig.model_fields.items():
+def _add_options(parser: argparse._ActionsContainer, model: type[BaseModel]) -> None:
+    """One option per field of a pydantic model, so the CLI can never drift from the config it fills."""
+    for name, info in model.model_fields.items():
         annotation = info.annotation
         is_list = typing.get_origin(annotation) is list
+        choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
         kind = typing.get_args(annotation)[0] if is_list else annotation
-        if isinstance(kind, types.UnionType):
+        if isinstance(kind, types.UnionType) or choices:
             kind = str
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             type=kind,
             nargs="+" if is_list else None,
+            choices=choices,
             default=None,
             help=f"{info.description} (default: {info.default})",
         )
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    _add_options(parser, TrainConfig)
     parser.add_argument(
         "--config", dest="config_file", help="a JSON, YAML or INI ([train]) file of these options"
     )
 
 
+def _given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in model.model_fields if getattr(args, k) is not None}
+
+
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig.from_file(args.config_file).model_dump() if args.config_file else {}
-    given = {k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None}
-    return TrainConfig.model_validate({**base, **given})
-
-
-def _metrics_table(title: str, rows: dict[str, Any]) -> Table:
-    table = Table(title=title, show_header=False)
-    for key, value in rows.items():
-        if isinstance(value, float) and not value.is_integer():
-            value = f"{value:.4f}"
-        elif isinstance(value, float):
-            value = int(value)
-        table.add_row(key, str(value))
-    return table
+    return TrainConfig.model_validate({**base, **_given(args, TrainConfig)})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config = _train_config(args)  # a bad option fails here, before the slow imports below
+    # Bad options fail here, before the slow imports below.
+    config = _train_config(args)
+    policy = PromotionPolicy.model_validate(
+        {**PromotionPolicy.from_config().model_dump(), **_given(args, PromotionPolicy)}
+    )
 
     from mindtrace.registry import MlflowLightningCallback
     from mindtrace.train import train
 
-    callbacks = (
-        []
-        if args.no_track
-        else [MlflowLightningCallback(params={"train": config.model_dump()}, experiment_name=args.experiment)]
-    )
-    result = train(config, callbacks=callbacks, progress=not args.json)
-    summary = {**result.metrics, "best_checkpoint": result.best_checkpoint}
-    if callbacks:
-        summary["mlflow_run_id"] = callbacks[0].run_id
+    tracker = None
+    if not args.no_track:
+        tracker = MlflowLightningCallback(
+            experiment_name=args.experiment,
+            tracking_uri=args.tracking_uri,
+            train_config=config,
+            registered_model=args.model,
+            register=not args.no_register,
+            promotion=policy,
+        )
+    result = train(config, callbacks=[tracker] if tracker else [], progress=not args.json)
+    summary: dict[str, Any] = {**result.metrics, "best_checkpoint": result.best_checkpoint}
+    if tracker is not None:
+        summary["mlflow_run_id"] = tracker.run_id
+        if tracker.version is not None:
+            summary["registered_model"] = tracker.version.name
+            summary["registered_version"] = tracker.version.version
+            summary["aliases"] = ", ".join(tracker.version.aliases)
+        if tracker.decision is not None:
+            summary["promoted"] = tracker.decision.promoted
+            summary["gate_reason"] = tracker.decision.reason
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        console.print(_metrics_table("training finished", summary))
+        console.print(key_value_table("training finished", summary))
         console.print(f"[bold green]test accuracy: {result.metrics['test_acc']:.2%}[/]")
     return 0
 
@@ -92,12 +105,8 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"data_dir": str(dm.data_dir), "files": dm.provenance}, indent=2))
         return 0
-    table = Table(title=f"MNIST cache: {dm.data_dir}")
-    for column in ("file", "source", "md5"):
-        table.add_column(column)
-    for key, record in dm.provenance.items():
-        table.add_row(key, record["source"], record["md5"])
-    console.print(table)
+    rows = [(key, record["source"], record["md5"]) for key, record in dm.provenance.items()]
+    console.print(table(f"MNIST cache: {dm.data_dir}", ("file", "source", "md5"), rows))
     return 0
 
 
@@ -131,9 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train the MLP on MNIST, record it in MLflow, print test accuracy")
     _add_train_options(p)
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: [MLFLOW] EXPERIMENT_NAME)")
-    p.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
+    _add_options(p.add_argument_group("promotion gate (default: [PROMOTION] settings)"), PromotionPolicy)
+    p.add_argument("--model", default=None, help="registered model (default: [MLFLOW] REGISTERED_MODEL)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: [MLFLOW] TRACKING_URI)"
+    )
+    p.add_argument("--no-register", action="store_true", help="record the run, register no version")
+    p.add_argument("--no-track", action="store_true", help="record nothing in MLflow")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON, no progress bar")
     p.set_defaults(func=cmd_train)
+
+    registry_commands.add_commands(commands)
 
     p = commands.add_parser("data", help="the MNIST cache")
     data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -173,9 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for err in exc.errors():
             console.print(f"[red]invalid {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}[/]")
         return 2
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error: {exc}[/]")
+    except (ValueError, FileNotFoundError) as exc:  # bad input, including an invalid registry query
+        console.print(f"[red]error: {exc}[/]", highlight=False)
         return 2
+    except RegistryError as exc:  # unknown model, version or alias; an unreachable registry
+        console.print(f"[red]error: {exc}[/]", highlight=False)
+        return 1
 
 
 if __name__ == "__main__":
