@@ -80,3 +80,56 @@ def bench_train(config: TrainConfig, repeats: int = 1, json_out: str | None = No
 
 def _verdict(met: bool) -> str:
     return "[green]met[/]" if met else "[red]NOT met[/]"
+
+
+def bench_model_formats(repeats: int = 2000) -> int:
+    """Time one forward pass of the default MLP as each serving option would load it; print a table.
+
+    The options for putting a registered version behind BentoML: the eager ``MLPNet`` rebuilt from weights
+    (what ``import_version`` stores), the ``pt2`` program MLflow loads, and the MLflow pyfunc that
+    ``bentoml.mlflow.import_model`` serves through. Same weights, same inputs, one thread.
+
+    >>> bench_model_formats(repeats=100)   # doctest: +SKIP
+    """
+    import tempfile
+    import time
+
+    import mlflow.pyfunc
+    import mlflow.pytorch
+
+    from mindtrace.models import MLPNet
+    from mindtrace.registry.artifacts import load_mlp, save_mlflow_model
+
+    torch.set_num_threads(1)
+    net = MLPNet().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        save_mlflow_model(net, path, torch.randn(2, 1, 28, 28))
+        options = {}
+        for label, load in (
+            ("eager MLPNet (mindtrace import)", lambda: load_mlp(path)),
+            ("pt2 program (mlflow.pytorch)", lambda: mlflow.pytorch.load_model(str(path))),
+            ("pyfunc (bentoml.mlflow)", lambda: mlflow.pyfunc.load_model(str(path))),
+        ):
+            t0 = time.perf_counter()
+            options[label] = (load(), time.perf_counter() - t0)
+
+    table = Table(title=f"one forward pass, median of {repeats} calls, 1 thread")
+    for column in ("loaded as", "load ms", "batch 1 µs", "batch 64 µs"):
+        table.add_column(column)
+    for label, (model, load_seconds) in options.items():
+        cells = [label, f"{load_seconds * 1000:.0f}"]
+        for batch in (1, 64):
+            x = torch.randn(batch, 1, 28, 28)
+            # pyfunc takes numpy, as a serving request body would arrive; the others take the tensor.
+            inputs, call = (x.numpy(), model.predict) if label.startswith("pyfunc") else (x, model)
+            timings = []
+            with torch.inference_mode():
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    call(inputs)
+                    timings.append(time.perf_counter() - t0)
+            cells.append(f"{sorted(timings)[len(timings) // 2] * 1e6:.0f}")
+        table.add_row(*cells)
+    Console().print(table)
+    return 0

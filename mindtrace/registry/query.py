@@ -20,15 +20,13 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mindtrace.config import Config
-from mindtrace.models import MLPNet
-from mindtrace.registry.artifacts import load_mlp
 from mindtrace.registry.errors import (
     InvalidQueryError,
     NotFoundError,
@@ -38,6 +36,9 @@ from mindtrace.registry.errors import (
 from mindtrace.registry.schemas import AliasEvent, Comparison, MetricDelta, ModelSummary, VersionInfo
 from mindtrace.registry.tracking import tracking_uri as configured_uri
 from mindtrace.utils import ifnone
+
+if TYPE_CHECKING:
+    from mindtrace.models import MLPNet
 
 ALIAS_LOG_PREFIX = "mindtrace.alias_log."
 ARTIFACT_TAG_PREFIX = "mindtrace.artifact."  # run tags naming artifacts: mindtrace.artifact.checkpoint = path
@@ -192,6 +193,8 @@ class Registry:
 
     def load_module(self, name: str | None = None, ref: str | int = "champion") -> tuple[MLPNet, VersionInfo]:
         """Download version ``ref`` and rebuild its eager ``MLPNet`` (no pickle is loaded)."""
+        from mindtrace.registry.artifacts import load_mlp  # torch and Lightning: only when a model is needed
+
         info = self.get_version(name, ref)
         with tempfile.TemporaryDirectory(prefix="mindtrace-model-") as tmp:
             path = self.download_model(info, Path(tmp))
