@@ -13,7 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 import mindtrace
 from mindtrace.config import Config
@@ -26,12 +26,12 @@ from mindtrace.registry.artifacts import (
     MODEL_PATH,
     save_mlflow_model,
 )
-from mindtrace.registry.gate import PromotionPolicy, review
+from mindtrace.registry.gate import decision_tags, review
 from mindtrace.registry.provenance import git_state, package_versions
 from mindtrace.registry.query import ARTIFACT_TAG_PREFIX, DATA_DIGEST_TAG, Registry, RegistryError
 from mindtrace.registry.schemas import GateDecision, VersionInfo
 from mindtrace.registry.tracking import get_or_create_experiment
-from mindtrace.train_config import TrainConfig
+from mindtrace.train_config import PromotionPolicy, TrainConfig
 from mindtrace.utils import epoch_metrics, flatten_dict, ifnone
 
 log = logging.getLogger(__name__)
@@ -192,20 +192,18 @@ class MlflowLightningCallback(pl.Callback):
         if checkpoint is not None:
             self.client.log_artifact(self.run_id, checkpoint, CHECKPOINT_PATH)
             artifacts["checkpoint"] = f"{CHECKPOINT_PATH}/{Path(checkpoint).name}"
-        for key, path in artifacts.items():
-            self.client.set_tag(self.run_id, f"{ARTIFACT_TAG_PREFIX}{key}", path)
-        self.client.set_tag(self.run_id, "mindtrace.weights_from", weights_from)
+        tags = {f"{ARTIFACT_TAG_PREFIX}{key}": path for key, path in artifacts.items()}
+        self._set_tags({**tags, "mindtrace.weights_from": weights_from})
         if self.register:
             self._register_and_gate(test_batches)
 
     def _register_and_gate(self, test_batches: list) -> None:
         run = self.client.get_run(self.run_id)
-        metrics = self.evaluation.metrics() if self.evaluation else {}
         tags = {
             "mindtrace.experiment": self.experiment_name,
             "mindtrace.version": mindtrace.__version__,
-            "test_acc": f"{metrics.get('test_acc', float('nan')):.4f}",
-            "test_macro_f1": f"{metrics.get('test_macro_f1', float('nan')):.4f}",
+            "test_acc": f"{self.evaluation.accuracy:.4f}",
+            "test_macro_f1": f"{self.evaluation.macro_f1:.4f}",
         }
         for key in (DATA_DIGEST_TAG, "mlflow.source.git.commit"):
             if key in run.data.tags:
@@ -225,12 +223,7 @@ class MlflowLightningCallback(pl.Callback):
                 log.error("could not remove version %s after the gate failed: %s", version.version, exc)
             raise
         self.version = self.registry.get_version(self.registered_model, version.version)
-        self.client.set_tag(self.run_id, "mindtrace.registered_version", version.version)
-        for key, value in {
-            "mindtrace.gate.decision": "promoted" if self.decision.promoted else "rejected",
-            "mindtrace.gate.reason": self.decision.reason,
-        }.items():
-            self.client.set_tag(self.run_id, key, value)
+        self._set_tags({"mindtrace.registered_version": version.version, **decision_tags(self.decision)})
 
     def _log_dataset(self, datamodule: pl.LightningDataModule) -> None:
         fingerprint = datamodule.fingerprint()
@@ -251,6 +244,9 @@ class MlflowLightningCallback(pl.Callback):
         self.client.log_inputs(
             self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
         )
+
+    def _set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def _log_end(self, status: str) -> None:
         now = int(time.time() * 1000)
