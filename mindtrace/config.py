@@ -49,6 +49,10 @@ class Section(Mapping[str, str]):
     def getfloat(self, key: str) -> float:
         return float(self[key])
 
+    def getboolean(self, key: str) -> bool:
+        """``true/yes/on/1`` or ``false/no/off/0``, as configparser reads them."""
+        return self._parser.getboolean(self.name, key)
+
     def getlist(self, key: str) -> list[str]:
         """Comma- or newline-separated values, stripped, empty ones dropped."""
         return [v.strip() for v in self[key].replace("\n", ",").split(",") if v.strip()]

@@ -1,7 +1,8 @@
 """One training path: a pydantic ``TrainConfig`` in, a trained MLP and its metrics out.
 
-The CLI (``mindtrace train``), the Python API and, later, ``POST /retrain`` all build a ``TrainConfig`` and
-call ``train``.
+The CLI (``mindtrace train``), the Python API and ``POST /retrain`` all build a ``TrainConfig`` and call
+``train``; ``train_and_register`` adds the MLflow record, the registration and the promotion gate, and is
+what the CLI and the retraining jobs run.
 
 >>> cfg = TrainConfig(epochs=1, num_train=2000, num_val=500)
 >>> result = train(cfg)                     # doctest: +SKIP
@@ -16,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -24,7 +26,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressB
 from mindtrace.config import Config
 from mindtrace.data import MNIST
 from mindtrace.models import MLP
-from mindtrace.train_config import TrainConfig
+from mindtrace.train_config import PromotionPolicy, TrainConfig, TrainRequest
 from mindtrace.utils import available_cores, epoch_metrics, ifnone
 
 
@@ -119,6 +121,62 @@ def train(
         best_checkpoint=ckpt,
         fetch_seconds=fetch_seconds,
     )
+
+
+def train_and_register(
+    request: TrainRequest,
+    *,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    model: str | None = None,
+    register: bool = True,
+    track: bool = True,
+    callbacks: Sequence[Callback] = (),
+    settings: Config | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, record the run in MLflow, register the new version and let the promotion gate decide.
+
+    Returns a flat summary: test metrics, ``mlflow_run_id``, ``registered_model``, ``registered_version``,
+    ``aliases``, ``promoted`` and ``gate_reason`` (the last five only when a version was registered).
+
+    >>> summary = train_and_register(TrainRequest(epochs=1, promotion={"policy": "never"}))  # doctest: +SKIP
+    >>> summary["promoted"]                                                                  # doctest: +SKIP
+    False
+    """
+    from mindtrace.registry import MlflowLightningCallback
+
+    settings = ifnone(settings, Config())
+    config = request.train_config()
+    tracker = None
+    if track:
+        tracker = MlflowLightningCallback(
+            experiment_name=experiment,
+            tracking_uri=tracking_uri,
+            config=settings,
+            train_config=config,
+            registered_model=model,
+            register=register,
+            promotion=request.promotion or PromotionPolicy.from_config(settings),
+        )
+    result = train(
+        config, callbacks=[*callbacks, *([tracker] if tracker else [])], settings=settings, progress=progress
+    )
+    summary: dict[str, Any] = {**result.metrics, "best_checkpoint": result.best_checkpoint}
+    if tracker is None:
+        return summary
+    summary["mlflow_run_id"] = tracker.run_id
+    if tracker.evaluation is not None:  # the registered figures, so that every report shows one number
+        metrics = tracker.evaluation.metrics()
+        summary.update({k: v for k, v in metrics.items() if not k.startswith("test_acc_class_")})
+    if tracker.version is not None:
+        summary["registered_model"] = tracker.version.name
+        summary["registered_version"] = tracker.version.version
+        summary["aliases"] = ", ".join(tracker.version.aliases)
+    if tracker.decision is not None:
+        summary["promoted"] = tracker.decision.promoted
+        summary["gate_reason"] = tracker.decision.reason
+    return summary
 
 
 def _new_folder(parent: Path) -> Path:

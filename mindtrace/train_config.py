@@ -78,7 +78,7 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
-        """Read a config from a JSON, YAML or INI file (INI: the ``[train]`` section).
+        """Read a config from a JSON, YAML or INI file (INI: the ``[train]`` and ``[promotion]`` sections).
 
         >>> import tempfile; p = Path(tempfile.mkdtemp()) / "c.ini"
         >>> _ = p.write_text("[train]\\nepochs = 3\\n")
@@ -101,7 +101,9 @@ class TrainConfig(BaseModel):
             parser.read_string(text)
             if not parser.has_section("train"):
                 raise ValueError("an INI training config needs a [train] section")
-            data = dict(parser["train"])
+            data: Any = dict(parser["train"])
+            if parser.has_section("promotion"):
+                data["promotion"] = dict(parser["promotion"])
         else:
             raise ValueError(f"unsupported config file type {suffix!r}: use .json, .yaml, .yml or .ini")
         if not isinstance(data, dict):
@@ -135,3 +137,21 @@ class PromotionPolicy(BaseModel):
             margin=section.getfloat("MARGIN"),
             min_accuracy=section.getfloat("MIN_ACCURACY"),
         )
+
+
+class TrainRequest(TrainConfig):
+    """A training config plus the gate its new version faces: the body of ``POST /retrain``, and what a
+    ``mindtrace train --config`` file holds. Without ``promotion`` the ``[PROMOTION]`` settings apply.
+
+    >>> r = TrainRequest.model_validate({"epochs": 2, "promotion": {"policy": "always"}})
+    >>> r.train_config().epochs, r.promotion.policy
+    (2, 'always')
+    """
+
+    promotion: PromotionPolicy | None = Field(
+        None, description="the promotion gate for the new version (default: the [PROMOTION] settings)"
+    )
+
+    def train_config(self) -> TrainConfig:
+        """The training knobs alone, as recorded with the run."""
+        return TrainConfig.model_validate(self.model_dump(exclude={"promotion"}))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import fcntl
 import hashlib
@@ -17,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from mindtrace.images import decode_image
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI and the fetch code start faster without it
     import torch
@@ -89,27 +90,13 @@ def pil_to_ascii(img: Image.Image) -> str:
 def ascii_to_pil(s: str) -> Image.Image:
     """Decode base64 image text (an optional ``data:image/...;base64,`` prefix is allowed).
 
-    Raises ValueError with a readable message for text that is not base64 or bytes that are not an image.
+    Raises ValueError (``mindtrace.images.ImageRejected``) with a readable message for text that is not
+    base64, bytes that are not a PNG, JPEG, BMP or GIF image, animated images and decompression bombs.
 
     >>> ascii_to_pil(pil_to_ascii(Image.new("L", (28, 28)))).size
     (28, 28)
     """
-    if s.startswith("data:"):
-        header, _, s = s.partition(",")
-        if not header.endswith(";base64"):
-            raise ValueError("a data: URL must be base64-encoded (data:image/png;base64,...)")
-    try:
-        raw = base64.b64decode("".join(s.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"invalid base64: {exc}") from None
-    if not raw:
-        raise ValueError("empty image")
-    try:
-        img = Image.open(io.BytesIO(raw))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"not a readable image: {exc}") from None
-    return img
+    return decode_image(s)
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:

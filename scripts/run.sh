@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: install, fetch MNIST, train the MLP, register it in MLflow
-# (the promotion gate decides whether it becomes champion), and import the champion into the BentoML store.
-# Extra arguments go to `mindtrace train` (e.g. --epochs 5).
+# (the promotion gate decides whether it becomes champion), import the champion into the BentoML store,
+# and serve it on http://127.0.0.1:3000 until Ctrl+C.
+# Extra arguments go to `mindtrace train` (e.g. --epochs 5). PORT overrides the port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/mindtrace train "$@"
 .venv/bin/mindtrace registry import champion
+port="${PORT:-3000}"
+image="$(.venv/bin/python -c 'from service.schemas import EXAMPLE_IMAGE; print(EXAMPLE_IMAGE)')"
+cat <<MSG
+
+Serving the champion on http://127.0.0.1:${port}  (API docs: http://127.0.0.1:${port}/docs)
+Try it from another terminal:
+  curl -s http://127.0.0.1:${port}/inference -H 'Content-Type: application/json' \\
+       -d '{"image": "${image}"}'
+
+MSG
+exec .venv/bin/bentoml serve service:svc --host 127.0.0.1 --port "${port}"

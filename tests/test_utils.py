@@ -55,7 +55,7 @@ def test_ascii_to_pil_accepts_data_url():
     ("text", "message"),
     [
         ("not base64 !!", "invalid base64"),
-        (base64.b64encode(b"hello world, not an image").decode(), "not a readable image"),
+        (base64.b64encode(b"hello world, not an image").decode(), "not an image"),
         ("", "empty image"),
         ("data:image/png,abc", "must be base64"),
     ],
@@ -69,7 +69,7 @@ def test_ascii_to_pil_refuses_truncated_png():
     buf = io.BytesIO()
     Image.effect_noise((64, 64), 50).save(buf, format="PNG")
     truncated = base64.b64encode(buf.getvalue()[:200]).decode()
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(ValueError, match="not a readable PNG image"):
         ascii_to_pil(truncated)
 
 

@@ -19,7 +19,7 @@ from mindtrace.cli.output import console, key_value_table, table
 from mindtrace.config import Config
 from mindtrace.data.fetch import MnistUnavailableError
 from mindtrace.registry.errors import RegistryError
-from mindtrace.train_config import PromotionPolicy, TrainConfig
+from mindtrace.train_config import PromotionPolicy, TrainConfig, TrainRequest
 
 
 def _add_options(parser: argparse._ActionsContainer, model: type[BaseModel]) -> None:
@@ -45,53 +45,45 @@ def _add_options(parser: argparse._ActionsContainer, model: type[BaseModel]) -> 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     _add_options(parser, TrainConfig)
     parser.add_argument(
-        "--config", dest="config_file", help="a JSON, YAML or INI ([train]) file of these options"
+        "--config",
+        dest="config_file",
+        help="a JSON, YAML or INI ([train], [promotion]) file of these options",
     )
 
 
 def _given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in model.model_fields if getattr(args, k) is not None}
+    return {k: getattr(args, k) for k in model.model_fields if getattr(args, k, None) is not None}
+
+
+def _train_request(args: argparse.Namespace) -> TrainRequest:
+    """The [PROMOTION] settings and the config file (if any), overridden by the options given here."""
+    base = TrainRequest.from_file(args.config_file).model_dump(exclude_none=True) if args.config_file else {}
+    promotion = {
+        **PromotionPolicy.from_config().model_dump(),
+        **base.pop("promotion", {}),
+        **_given(args, PromotionPolicy),
+    }
+    return TrainRequest.model_validate({**base, **_given(args, TrainConfig), "promotion": promotion})
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    base = TrainConfig.from_file(args.config_file).model_dump() if args.config_file else {}
-    return TrainConfig.model_validate({**base, **_given(args, TrainConfig)})
+    return _train_request(args).train_config()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    # Bad options fail here, before the slow imports below.
-    config = _train_config(args)
-    policy = PromotionPolicy.model_validate(
-        {**PromotionPolicy.from_config().model_dump(), **_given(args, PromotionPolicy)}
+    request = _train_request(args)  # bad options fail here, before the slow imports below
+
+    from mindtrace.train import train_and_register
+
+    summary = train_and_register(
+        request,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+        model=args.model,
+        register=not args.no_register,
+        track=not args.no_track,
+        progress=not args.json,
     )
-
-    from mindtrace.registry import MlflowLightningCallback
-    from mindtrace.train import train
-
-    tracker = None
-    if not args.no_track:
-        tracker = MlflowLightningCallback(
-            experiment_name=args.experiment,
-            tracking_uri=args.tracking_uri,
-            train_config=config,
-            registered_model=args.model,
-            register=not args.no_register,
-            promotion=policy,
-        )
-    result = train(config, callbacks=[tracker] if tracker else [], progress=not args.json)
-    summary: dict[str, Any] = {**result.metrics, "best_checkpoint": result.best_checkpoint}
-    if tracker is not None:
-        summary["mlflow_run_id"] = tracker.run_id
-        if tracker.evaluation is not None:  # the registered figures, so that both places show one number
-            metrics = tracker.evaluation.metrics()
-            summary.update({k: v for k, v in metrics.items() if not k.startswith("test_acc_class_")})
-        if tracker.version is not None:
-            summary["registered_model"] = tracker.version.name
-            summary["registered_version"] = tracker.version.version
-            summary["aliases"] = ", ".join(tracker.version.aliases)
-        if tracker.decision is not None:
-            summary["promoted"] = tracker.decision.promoted
-            summary["gate_reason"] = tracker.decision.reason
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -56,8 +56,16 @@ def bento_tag(info: VersionInfo) -> str:
     ...                       updated_at=t, tags={}, run_id="1f2e3d4c5b6a"))
     'mnist-mlp:v3-1f2e3d4c'
     """
-    name = re.sub(r"[^a-z0-9._-]+", "-", info.name.lower()).strip("-._")[:50] or "model"
-    return f"{name}:v{info.version}-{(info.run_id or 'norun')[:8]}"
+    return f"{bento_model_name(info.name)}:v{info.version}-{(info.run_id or 'norun')[:8]}"
+
+
+def bento_model_name(registered: str) -> str:
+    """The BentoML model name that the imports of registered model ``registered`` share.
+
+    >>> bento_model_name("MNIST MLP")
+    'mnist-mlp'
+    """
+    return re.sub(r"[^a-z0-9._-]+", "-", registered.lower()).strip("-._")[:50] or "model"
 
 
 def import_version(

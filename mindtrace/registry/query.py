@@ -158,6 +158,13 @@ class Registry:
             raise NotFoundError(f"{exc}; {self._known(name, model)}") from None
         return self._info(version, _aliases_by_version(_aliases(model)).get(str(version.version), []))
 
+    def alias_target(self, name: str | None = None, alias: str = "champion") -> str | None:
+        """The version number ``alias`` points to, in one registry call; None when the alias is unset.
+
+        Cheap enough to poll: the service asks it every few seconds to follow the champion.
+        """
+        return _aliases(self._registered(self.model_name(name))).get(alias)
+
     def compare(self, name: str | None, a: str | int, b: str | int) -> Comparison:
         """Versions ``a`` and ``b`` side by side: each metric with ``b - a``, and the differing parameters."""
         name = self.model_name(name)

@@ -1,0 +1,239 @@
+"""Retraining jobs: one at a time, each in its own low-priority process, their state in files.
+
+A job is a folder under ``[DIR_PATHS] JOBS`` holding ``state.json`` (rewritten atomically, so a reader never
+sees half of it), ``log.txt`` (the process's output) and ``lock``. The job's process holds an ``flock`` on
+``lock`` from the moment it is started until it exits, and the kernel drops that lock when the process dies,
+however it dies. So any process (every service worker, a restarted service, the CLI) can tell a live job from
+a dead one without trusting a pid: a job that is still "queued" or "running" while its lock is free has died,
+and is recorded as failed with that reason.
+
+>>> store = JobStore("/tmp/mindtrace-doctest-jobs")             # doctest: +SKIP
+>>> job = store.submit(TrainRequest(epochs=1))                   # doctest: +SKIP
+>>> store.get(job.id).status                                     # doctest: +SKIP
+'running'
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from mindtrace.train_config import TrainRequest
+from mindtrace.utils import atomic_write, exclusive_lock
+
+Status = Literal["queued", "running", "succeeded", "failed"]
+ACTIVE: tuple[Status, ...] = ("queued", "running")
+# Jobs yield the CPU to inference: niceness 10 gives a job about a tenth of a busy core.
+NICENESS = 10
+
+
+class JobProgress(BaseModel):
+    """How far training got: the epoch just finished, out of how many, and that epoch's metrics."""
+
+    epoch: int = 0
+    max_epochs: int = 0
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class JobState(BaseModel):
+    """Everything known about a job, as stored in its ``state.json`` and served by ``GET /jobs/{id}``."""
+
+    id: str
+    status: Status
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    request: dict[str, Any]
+    progress: JobProgress = Field(default_factory=JobProgress)
+    metrics: dict[str, Any] = Field(default_factory=dict, description="the run's summary once it finished")
+    mlflow_run_id: str | None = None
+    registered_model: str | None = None
+    registered_version: str | None = None
+    promoted: bool | None = None
+    decision_reason: str | None = None
+    error: str | None = None
+    pid: int | None = None
+
+
+class JobConflict(RuntimeError):
+    """Another job is queued or running; ``job`` is its state."""
+
+    def __init__(self, job: JobState):
+        super().__init__(f"job {job.id} is {job.status}; one retraining job runs at a time")
+        self.job = job
+
+
+class JobStore:
+    """The job folders under ``root``: submit, read, list; safe to use from many processes at once."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def submit(self, request: TrainRequest, on_exit: Callable[[JobState], None] | None = None) -> JobState:
+        """Start a job for ``request`` in a new process; raises ``JobConflict`` while another one is active.
+
+        ``on_exit`` is called (in a thread of this process) with the final state once the process ends.
+        """
+        with exclusive_lock(self.root / "submit.lock", "another retraining request"):
+            active = self.active()
+            if active is not None:
+                raise JobConflict(active)
+            now = datetime.now(timezone.utc)
+            job_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+            folder = self.root / job_id
+            folder.mkdir()
+            state = JobState(id=job_id, status="queued", created_at=now, request=request.model_dump())
+            self._write(state)
+            # The lock is taken here and handed to the child, so the job never looks dead before it starts.
+            lock_fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                with open(folder / "log.txt", "ab") as log:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "mindtrace.jobs", str(folder), str(lock_fd)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        pass_fds=(lock_fd,),
+                        start_new_session=True,  # a restart of the service does not kill the job
+                    )
+            except BaseException as exc:
+                self._write(state.model_copy(update=_failure(f"could not start the job: {exc}")))
+                raise
+            finally:
+                os.close(lock_fd)
+        threading.Thread(target=self._reap, args=(job_id, process, on_exit), daemon=True).start()
+        return state
+
+    def get(self, job_id: str) -> JobState:
+        """The state of job ``job_id``; raises KeyError when there is no such job."""
+        path = self.root / job_id / "state.json"
+        if "/" in job_id or job_id.startswith(".") or not path.is_file():
+            raise KeyError(job_id)
+        state = JobState.model_validate_json(path.read_text())
+        if state.status in ACTIVE and not _locked(self.root / job_id / "lock"):
+            state = self._reread_dead(state)
+        return state
+
+    def list(self, limit: int = 50) -> list[JobState]:
+        """The newest ``limit`` jobs, newest first."""
+        ids = sorted((p.name for p in self.root.iterdir() if (p / "state.json").is_file()), reverse=True)
+        return [self.get(job_id) for job_id in ids[:limit]]
+
+    def active(self) -> JobState | None:
+        """The job that is queued or running, if any."""
+        return next((job for job in self.list(limit=1_000_000) if job.status in ACTIVE), None)
+
+    def update(self, job_id: str, **changes: Any) -> JobState:
+        """Write new values into a job's state (used by the job's own process)."""
+        state = JobState.model_validate_json((self.root / job_id / "state.json").read_text())
+        state = state.model_copy(update=changes)
+        self._write(state)
+        return state
+
+    def _reread_dead(self, state: JobState) -> JobState:
+        # The process may have written its final state between our read and the lock check.
+        fresh = JobState.model_validate_json((self.root / state.id / "state.json").read_text())
+        if fresh.status not in ACTIVE:
+            return fresh
+        reason = (
+            f"the job's process (pid {fresh.pid}) ended without reporting a result; see {state.id}/log.txt"
+        )
+        return self.update(state.id, **_failure(reason))
+
+    def _reap(
+        self, job_id: str, process: subprocess.Popen, on_exit: Callable[[JobState], None] | None
+    ) -> None:
+        code = process.wait()
+        state = self.get(job_id)
+        if state.status in ACTIVE or (code != 0 and state.error is None):
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            state = self.update(job_id, **_failure(f"the job's process {how}; see {job_id}/log.txt"))
+        if on_exit is not None:
+            on_exit(state)
+
+    def _write(self, state: JobState) -> None:
+        with atomic_write(self.root / state.id / "state.json") as tmp:
+            tmp.write_text(state.model_dump_json(indent=2))
+
+
+def _locked(path: Path) -> bool:
+    """True while some process holds the flock on ``path``."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock if we took it
+    return False
+
+
+def _failure(reason: str) -> dict[str, Any]:
+    return {"status": "failed", "error": reason, "finished_at": datetime.now(timezone.utc)}
+
+
+def run_job(folder: Path) -> int:
+    """The body of a job's process: train, register and gate, recording progress and outcome in the folder."""
+    import pytorch_lightning as pl
+
+    from mindtrace.train import train_and_register
+    from mindtrace.utils import epoch_metrics
+
+    store, job_id = JobStore(folder.parent), folder.name
+    state = store.update(job_id, status="running", started_at=datetime.now(timezone.utc), pid=os.getpid())
+    request = TrainRequest.model_validate(state.request)
+
+    class Progress(pl.Callback):
+        def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.sanity_checking:
+                return
+            progress = JobProgress(
+                epoch=trainer.current_epoch + 1,
+                max_epochs=trainer.max_epochs or 0,
+                metrics=epoch_metrics(trainer.callback_metrics),
+            )
+            store.update(job_id, progress=progress)
+
+    try:
+        summary = train_and_register(request, callbacks=[Progress()], progress=False)
+    except BaseException as exc:
+        traceback.print_exc()
+        store.update(job_id, **_failure(f"{type(exc).__name__}: {exc}"))
+        return 1
+    store.update(
+        job_id,
+        status="succeeded",
+        finished_at=datetime.now(timezone.utc),
+        metrics=json.loads(json.dumps(summary, default=str)),
+        mlflow_run_id=summary.get("mlflow_run_id"),
+        registered_model=summary.get("registered_model"),
+        registered_version=summary.get("registered_version"),
+        promoted=summary.get("promoted"),
+        decision_reason=summary.get("gate_reason"),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    # argv: the job folder, and the number of the inherited descriptor that holds the job's lock. The
+    # descriptor is simply kept open: the lock lasts exactly as long as this process.
+    os.nice(NICENESS)
+    sys.exit(run_job(Path(sys.argv[1])))

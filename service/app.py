@@ -1,0 +1,189 @@
+"""The BentoML service: inference with adaptive batching, retraining, registry routes, hot-swap.
+
+Settings come from the ``[SERVICE]`` section of the mindtrace config (environment:
+``MINDTRACE__SERVICE__<KEY>``); tokens from ``MINDTRACE_API_TOKEN`` and ``MINDTRACE_INFERENCE_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Annotated, Any
+
+from mindtrace.config import Config
+
+settings = Config()
+SETTINGS = settings["SERVICE"]
+# A registry that is down must give a quick 503, not MLflow's minutes of retries with backoff.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", SETTINGS["REGISTRY_TIMEOUT_SECONDS"])
+
+import bentoml  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from pydantic import Field  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+
+from mindtrace.images import ImageLimits, ImageRejected, decode_image  # noqa: E402
+from mindtrace.jobs import JobState, JobStore  # noqa: E402
+from mindtrace.preprocess import to_mnist_pixels  # noqa: E402
+from mindtrace.registry import Registry  # noqa: E402
+from mindtrace.registry.errors import RegistryError  # noqa: E402
+from mindtrace.registry.schemas import AliasEvent  # noqa: E402
+from service import control, metrics  # noqa: E402
+from service.guard import Guard, QuietClientErrors  # noqa: E402
+from service.model import ChampionWatcher, NotServing, Overloaded, Predictor, load_version  # noqa: E402
+from service.schemas import (  # noqa: E402
+    EXAMPLE_IMAGE,
+    MAX_BATCH,
+    BatchResponse,
+    InferenceResponse,
+    ModelRef,
+    Prediction,
+)
+
+log = logging.getLogger("mindtrace.service")
+logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
+IMAGE_DOC = "base64 PNG, JPEG, BMP or GIF (one frame); a data:image/...;base64, prefix is allowed"
+HOW_TO_TRAIN = (
+    "no model is being served yet: train one with `mindtrace train` and import it with "
+    "`mindtrace registry import champion` (or POST /retrain), then wait a few seconds or restart the service"
+)
+
+
+@bentoml.service(
+    name="mindtrace",
+    workers=SETTINGS.getint("WORKERS") or "cpu_count",
+    traffic={"timeout": 120},
+    logging={"access": {"enabled": SETTINGS.getboolean("ACCESS_LOG")}},
+)
+class Mindtrace:
+    """Classify handwritten digits with the registry's champion model, retrain it, and browse the registry."""
+
+    def __init__(self) -> None:
+        torch.set_num_threads(1)  # one thread per worker: workers, not threads, use the cores
+        self.limits = ImageLimits(max_pixels=SETTINGS.getint("MAX_PIXELS"))
+        self.registry = Registry(config=settings)
+        self.jobs = JobStore(settings["DIR_PATHS"].getpath("JOBS"))
+        self.predictor = Predictor(
+            SETTINGS.getint("BATCH_MAX_REQUESTS"), SETTINGS.getint("BATCH_MAX_LATENCY_MS")
+        )
+        self.watcher = ChampionWatcher(self.predictor, settings)
+        self.watcher.start()
+
+    def __is_ready__(self) -> bool:
+        return self.predictor.current is not None
+
+    @bentoml.api(route="/inference")
+    async def inference(
+        self, image: Annotated[str, Field(description=IMAGE_DOC, examples=[EXAMPLE_IMAGE])]
+    ) -> InferenceResponse:
+        """Classify one image of a digit."""
+        try:
+            pixels = to_mnist_pixels(decode_image(image, self.limits))[None]
+        except ImageRejected as exc:
+            return _error(exc.status, f"image: {exc}")
+        answer = await self._predict(pixels)
+        if isinstance(answer, JSONResponse):
+            return answer
+        probs, model = answer
+        return InferenceResponse(label=int(probs[0].argmax()), probabilities=probs[0].tolist(), model=model)
+
+    @bentoml.api(route="/inference/batch")
+    async def inference_batch(
+        self,
+        images: Annotated[
+            list[str],
+            Field(min_length=1, max_length=MAX_BATCH, description=IMAGE_DOC, examples=[[EXAMPLE_IMAGE]]),
+        ],
+    ) -> BatchResponse:
+        """Classify 1 to 1024 images in one request; one bad image refuses the request and names its index."""
+        decoded = await run_in_threadpool(self._decode_all, images)
+        if isinstance(decoded, JSONResponse):
+            return decoded
+        answer = await self._predict(decoded)
+        if isinstance(answer, JSONResponse):
+            return answer
+        probs, model = answer
+        predictions = [Prediction(label=int(p.argmax()), probabilities=p.tolist()) for p in probs]
+        return BatchResponse(predictions=predictions, model=model)
+
+    def _decode_all(self, images: list[str]) -> np.ndarray | JSONResponse:
+        pixels = np.empty((len(images), 28, 28), dtype=np.uint8)
+        for i, image in enumerate(images):
+            try:
+                pixels[i] = to_mnist_pixels(decode_image(image, self.limits))
+            except ImageRejected as exc:
+                return _error(exc.status, f"images[{i}]: {exc}")
+        return pixels
+
+    async def _predict(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef] | JSONResponse:
+        try:
+            probs, served = await self.predictor.predict(pixels)
+        except NotServing:
+            return _error(503, HOW_TO_TRAIN)
+        except Overloaded as exc:
+            return _error(503, f"{exc}; retry shortly")
+        return probs, ModelRef(name=served.name, version=served.version)
+
+    def move_alias(self, name: str, alias: str, version: str) -> AliasEvent | JSONResponse:
+        """Move ``alias``; for the served alias, load the version first and refuse (409) one that fails."""
+        watched = alias == self.watcher.alias and self.registry.model_name(name) == self.watcher.name
+        served = None
+        if watched:
+            try:
+                served = load_version(self.watcher.name, version, self.registry)
+            except RegistryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a version that cannot be served must not become champion
+                return _error(
+                    409, f"version {version} of {name} cannot be loaded, so {alias} was not moved: {exc}"
+                )
+        event = self.registry.set_alias(name, alias, version, actor="api")
+        if served is not None:
+            self.watcher.serve(served)
+        return event
+
+    def rollback(self, name: str, alias: str) -> AliasEvent:
+        """Move ``alias`` back to where it pointed before its last move; the watcher follows."""
+        event = self.registry.rollback(name, alias, actor="api")
+        self.watcher.wake()
+        return event
+
+    def serving_status(self) -> dict[str, Any]:
+        current = self.predictor.current
+        model = None
+        if current is not None:
+            model = {
+                "name": current.name,
+                "version": current.version,
+                "bento_tag": current.tag,
+                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(current.loaded_at)),
+            }
+        return {
+            "model": model,
+            "alias": self.watcher.alias,
+            "last_error": self.watcher.last_error,
+            "worker_pid": os.getpid(),
+        }
+
+    def job_finished(self, state: JobState) -> None:
+        metrics.job_finished(state.status)
+        if state.promoted:
+            self.watcher.wake()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+Mindtrace.mount_asgi_app(control.app, path="/")
+Mindtrace.add_asgi_middleware(
+    Guard,
+    max_body_bytes=SETTINGS.getint("MAX_BODY_BYTES"),
+    api_token=os.environ.get("MINDTRACE_API_TOKEN", ""),
+    inference_token=os.environ.get("MINDTRACE_INFERENCE_TOKEN", ""),
+)
+svc = Mindtrace

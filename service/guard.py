@@ -1,0 +1,186 @@
+"""An ASGI middleware in front of every route: tokens, the body-size limit, and one error format.
+
+- Authentication: with ``MINDTRACE_API_TOKEN`` set, requests that change state (POST /retrain, POST
+  /registry/...) need ``Authorization: Bearer <token>``; with ``MINDTRACE_INFERENCE_TOKEN`` set, so do the
+  inference routes. No header is a 401, a wrong token a 403. Tokens are compared in constant time and never
+  logged or echoed.
+- Bodies over ``max_body_bytes`` get a 413, whether they announce their length or stream it.
+- Every error leaves as JSON with a readable ``error`` string: BentoML's validation errors (which name no
+  field), Starlette's plain-text 404 and 405, and BentoML's list-wrapped 4xx bodies are rewritten. Successful
+  responses pass through untouched, so the cost on the hot path is one status check.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+INFERENCE_PATHS = ("/inference", "/inference/batch")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, api_token: str = "", inference_token: str = ""):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.api_token = api_token.encode()
+        self.inference_token = inference_token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"].rstrip("/") or "/", scope["method"]
+        token = self._token_for(method, path)
+        if token:
+            refusal = _check_bearer(scope, token)
+            if refusal:
+                await _send_json(send, *refusal, headers=[(b"www-authenticate", b"Bearer")])
+                return
+        length = _content_length(scope)
+        if length is not None and length > self.max_body_bytes:
+            await _send_json(send, 413, self._too_large())
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        state: dict[str, Any] = {}
+
+        async def checked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if message["status"] < 400 and received <= self.max_body_bytes:
+                    state["pass"] = True
+                    await send(message)
+                else:
+                    state["start"] = message
+                return
+            if state.get("pass"):
+                await send(message)
+                return
+            state["body"] = state.get("body", b"") + message.get("body", b"")
+            if not message.get("more_body"):
+                start = state["start"]
+                if received > self.max_body_bytes:
+                    await _send_json(send, 413, self._too_large())
+                    return
+                status, body = _normalize(start["status"], state["body"], method, path)
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in _REWRITTEN]
+                await _send_json(send, status, body, headers=headers)
+
+        try:
+            await self.app(scope, limited_receive, checked_send)
+        except BodyTooLarge:
+            if "start" not in state and not state.get("pass"):
+                await _send_json(send, 413, self._too_large())
+
+    def _token_for(self, method: str, path: str) -> bytes:
+        if path in INFERENCE_PATHS:
+            return self.inference_token
+        if method == "POST" and (path == "/retrain" or path.startswith("/registry/")):
+            return self.api_token
+        return b""
+
+    def _too_large(self) -> dict[str, str]:
+        return {"error": f"request body is larger than the limit of {self.max_body_bytes:,} bytes"}
+
+
+_REWRITTEN = {b"content-length", b"content-type"}
+
+
+class QuietClientErrors(logging.Filter):
+    """BentoML logs every invalid request with a full traceback at ERROR; a client's mistake gets one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (ValidationError, BodyTooLarge)):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "refused an invalid request: %s [%s]"
+        return True
+
+
+def _check_bearer(scope: Scope, token: bytes) -> tuple[int, dict[str, str]] | None:
+    header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+    scheme, _, given = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not given.strip():
+        return 401, {"error": "authentication required: send the header 'Authorization: Bearer <token>'"}
+    if not hmac.compare_digest(given.strip(), token):
+        return 403, {"error": "the bearer token is not valid for this endpoint"}
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _normalize(status: int, raw: bytes, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """An error response body as ``{"error": "<readable>", ...}``, and its status."""
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+        body = body[0]  # BentoML 1.4 wraps its 4xx bodies in a list
+    if (
+        isinstance(body, dict)
+        and isinstance(body.get("detail"), list)
+        and "validation error" in str(body.get("error", ""))
+    ):
+        return _validation(body["detail"])
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return status, body
+    if status == 404:
+        return 404, {"error": f"no such endpoint: {method} {path}; the API is listed at /docs"}
+    if status == 405:
+        return 405, {"error": f"{method} is not allowed on {path}; the API is listed at /docs"}
+    text = raw.decode("utf-8", "replace").strip() if raw else ""
+    if isinstance(body, dict) and "detail" in body:
+        text = str(body["detail"])
+    return status, {"error": text or f"request failed with status {status}"}
+
+
+def _validation(errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """BentoML's pydantic errors as one readable line naming each field, e.g. ``image: Field required``."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, {"error": "the request body is not valid JSON"}
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
+    return 422, {"error": "; ".join(parts), "detail": errors}
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    head = [
+        *(headers or []),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": payload})

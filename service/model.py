@@ -1,0 +1,220 @@
+"""The served model: BentoML's adaptive batching in front of it, and a watcher that hot-swaps it.
+
+Batching: every request hands its preprocessed images to BentoML's adaptive-batching dispatcher (the CORK
+dispatcher behind ``@bentoml.api(batchable=True)``), run inside this API worker rather than behind an HTTP hop
+to a second service; DESIGN.md has the measurements behind that choice. Each request is one job whatever its
+image count, so the dispatcher never splits a request across two model calls.
+
+Hot-swap: ``current`` is one immutable ``Served`` object, replaced by a single assignment. A model call reads
+it once, so every request in a batch is answered by one model and told which; a swap can never mix two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+from mindtrace.config import Config
+from mindtrace.models import MLPNet
+from mindtrace.preprocess import normalize
+from mindtrace.registry import Registry
+from mindtrace.registry.bento import bento_model_name, import_version, load_bento_mlp
+from mindtrace.registry.errors import RegistryError
+from service import metrics
+
+log = logging.getLogger("mindtrace.service")
+# Images per forward pass within one model call: bounds the memory of a call that gathers many batch requests.
+CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Served:
+    """A loaded model and where it came from."""
+
+    net: MLPNet
+    name: str
+    version: str
+    tag: str
+    loaded_at: float
+
+
+class NotServing(RuntimeError):
+    """There is no model to answer with."""
+
+
+class Overloaded(RuntimeError):
+    """The batching queue could not answer within its latency budget."""
+
+
+class Predictor:
+    """Holds the served model and batches the calls to it.
+
+    >>> probs, served = await predictor.predict(pixels)   # doctest: +SKIP
+    """
+
+    def __init__(self, max_requests: int, max_latency_ms: int):
+        self.current: Served | None = None
+        # One thread runs the model, so the event loop keeps decoding the next requests meanwhile.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        dispatcher = CorkDispatcher(
+            max_latency_in_ms=max_latency_ms,
+            max_batch_size=max_requests,
+            fallback=self._overloaded,
+            get_batch_size=lambda _: 1,
+        )
+        self._dispatch = dispatcher(self._run)
+
+    async def predict(self, pixels: np.ndarray) -> tuple[np.ndarray, Served]:
+        """Probabilities ``[n, 10]`` for uint8 pixels ``[n, 28, 28]``, and the model that computed them."""
+        if self.current is None:
+            raise NotServing()
+        return await self._dispatch(pixels)
+
+    async def _run(self, jobs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, Served]]:
+        served = self.current  # read once: the whole batch is answered by this model
+        assert served is not None
+        sizes = [len(p) for p in jobs]
+        loop = asyncio.get_running_loop()
+        probs = await loop.run_in_executor(self._executor, _forward, served.net, np.concatenate(jobs))
+        metrics.count_predictions(probs.argmax(axis=1))
+        splits = np.split(probs, np.cumsum(sizes)[:-1])
+        return [(p, served) for p in splits]
+
+    @staticmethod
+    def _overloaded() -> tuple[np.ndarray, Served]:
+        raise Overloaded("the batching queue could not answer within its latency budget")
+
+
+def _forward(net: MLPNet, pixels: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        parts = [
+            torch.softmax(net(normalize(torch.from_numpy(pixels[i : i + CHUNK]))), dim=1)
+            for i in range(0, len(pixels), CHUNK)
+        ]
+    return torch.cat(parts).numpy()
+
+
+class ChampionWatcher:
+    """Keeps ``predictor.current`` on the version the alias points to, checking every ``interval`` seconds.
+
+    A version is imported into the BentoML store, loaded and tried on a blank image before it is swapped in;
+    one that fails stays out, the old model keeps serving, and ``last_error`` says why.
+    """
+
+    def __init__(self, predictor: Predictor, settings: Config):
+        self.predictor = predictor
+        self.settings = settings
+        section = settings["SERVICE"]
+        self.alias = section["MODEL_ALIAS"]
+        self.interval = section.getfloat("SWAP_POLL_SECONDS")
+        self.registry = Registry(config=settings)
+        self.name = self.registry.model_name(None)
+        self.last_error: str | None = None
+        self._failed: tuple[str, float] | None = None  # (version, when): retried after a while, not each poll
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Load the model to serve now, then keep following the alias in a background thread."""
+        self.check()
+        if self.predictor.current is None:
+            self._serve_newest_in_store()
+        threading.Thread(target=self._loop, name="champion-watcher", daemon=True).start()
+
+    def wake(self) -> None:
+        """Check now rather than at the next tick (after an alias move made through this service)."""
+        self._wake.set()
+
+    def check(self) -> None:
+        """One look at the alias; swap when it points to a version other than the served one."""
+        with self._lock:
+            try:
+                version = self.registry.alias_target(self.name, self.alias)
+            except RegistryError as exc:
+                self._note_error(f"cannot read the registry: {exc}", swap=False)
+                return
+            current = self.predictor.current
+            if version is None or (current is not None and current.version == version):
+                return
+            if self._failed and self._failed[0] == version and time.monotonic() - self._failed[1] < 30:
+                return
+            try:
+                self.swap_to(version)
+            except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old model serving
+                self._failed = (version, time.monotonic())
+                self._note_error(f"version {version} of {self.name} was not swapped in: {exc}", swap=True)
+
+    def swap_to(self, version: str) -> Served:
+        """Import, load, try and serve ``version``; on any failure, raise and leave the served model alone."""
+        return self.serve(load_version(self.name, version, self.registry))
+
+    def serve(self, served: Served) -> Served:
+        """Swap in a model that is already loaded and checked."""
+        previous = self.predictor.current
+        self.predictor.current = served
+        self.last_error, self._failed = None, None
+        metrics.model_swapped(previous, served)
+        log.info("now serving %s version %s (%s)", served.name, served.version, served.tag)
+        return served
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self.check()
+
+    def _serve_newest_in_store(self) -> None:
+        """With no champion to be found, serve the newest import of this model (e.g. inside a Bento)."""
+        import bentoml
+
+        name = bento_model_name(self.name)
+        for model in sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time, reverse=True):
+            try:
+                net, _ = load_bento_mlp(model)
+            except ValueError as exc:
+                log.warning("skipping %s: %s", model.tag, exc)
+                continue
+            mlflow = model.info.metadata.get("mlflow", {})
+            self.predictor.current = Served(
+                net, self.name, str(mlflow.get("version", "?")), str(model.tag), time.time()
+            )
+            metrics.model_swapped(None, self.predictor.current)
+            log.warning(
+                "registry has no %s for %s; serving %s from the BentoML store",
+                self.alias,
+                self.name,
+                model.tag,
+            )
+            return
+        log.warning(
+            "no model to serve: the registry has no %s for %s and the BentoML store has none",
+            self.alias,
+            self.name,
+        )
+
+    def _note_error(self, message: str, swap: bool) -> None:
+        if message != self.last_error:
+            log.error(message)
+        self.last_error = message
+        if swap:
+            metrics.swap_failed()
+
+
+def load_version(name: str, version: str, registry: Registry) -> Served:
+    """Import registered ``version`` into the BentoML store (once), load it, and check it answers sanely."""
+    result = import_version(version, name, registry)
+    net, _ = load_bento_mlp(result.tag)
+    torch.set_num_threads(1)
+    probs = _forward(net, np.zeros((2, 28, 28), dtype=np.uint8))
+    if probs.shape != (2, 10) or not np.isfinite(probs).all():
+        raise ValueError(f"{result.tag} does not produce 10 finite probabilities per image")
+    return Served(net, result.name, result.version, result.tag, time.time())
