@@ -28,6 +28,13 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+# The first MNIST test digit (a 7) as base64 PNG: the example in /docs, the README and scripts/run.sh.
+EXAMPLE_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAxUlEQVR4nGNgGDaAEUKFpD77sfTFHeyS9xQYGBg+X4UKPuk6"
+    "w8DAwMDAAuGm6l/TMnSweCzLwPDntSTDozPIOhkYGBgYBA3PmDIw/Lh1XShnGi5nBP+9KIRLTuzl/2AokwlDMlv0/U1cGq1/"
+    "/rPDJcfQ+m83Ky45zrM/rHBqrPu3Daec9+8PlrjkhO/+W4ZLjvn0v9vKuCTV/v3zxSUn/+BfMSMuydZ//0xwydl+QpdEClsb"
+    "Hoa7X1AkWZA5F53f4TIWEwAAaRE8kJuHrgAAAAAASUVORK5CYII="
+)
 # 2048x2048: far beyond any digit photo worth classifying, far below what would exhaust a worker.
 MAX_PIXELS = 2048 * 2048
 

@@ -9,7 +9,7 @@ bash scripts/bootstrap.sh
 .venv/bin/mindtrace train "$@"
 .venv/bin/mindtrace registry import champion
 port="${PORT:-3000}"
-image="$(.venv/bin/python -c 'from service.schemas import EXAMPLE_IMAGE; print(EXAMPLE_IMAGE)')"
+image="$(.venv/bin/python -c 'from mindtrace.images import EXAMPLE_IMAGE; print(EXAMPLE_IMAGE)')"
 cat <<MSG
 
 Serving the champion on http://127.0.0.1:${port}  (API docs: http://127.0.0.1:${port}/docs)

@@ -30,7 +30,7 @@ from mindtrace.images import ImageLimits, ImageRejected, decode_image  # noqa: E
 from mindtrace.jobs import JobState, JobStore  # noqa: E402
 from mindtrace.preprocess import to_mnist_pixels  # noqa: E402
 from mindtrace.registry import Registry  # noqa: E402
-from mindtrace.registry.errors import RegistryError  # noqa: E402
+from mindtrace.registry.errors import RegistryUnavailableError  # noqa: E402
 from mindtrace.registry.schemas import AliasEvent  # noqa: E402
 from service import control, metrics  # noqa: E402
 from service.guard import Guard, QuietClientErrors  # noqa: E402
@@ -133,14 +133,14 @@ class Mindtrace:
         watched = alias == self.watcher.alias and self.registry.model_name(name) == self.watcher.name
         served = None
         if watched:
+            version = self.registry.get_version(name, version).version  # unknown version: 404
             try:
                 served = load_version(self.watcher.name, version, self.registry)
-            except RegistryError:
+            except RegistryUnavailableError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a version that cannot be served must not become champion
-                return _error(
-                    409, f"version {version} of {name} cannot be loaded, so {alias} was not moved: {exc}"
-                )
+                message = f"version {version} of {name} cannot be loaded, so {alias} was not moved: {exc}"
+                return _error(409, message)
         event = self.registry.set_alias(name, alias, version, actor="api")
         if served is not None:
             self.watcher.serve(served)

@@ -175,9 +175,13 @@ class ChampionWatcher:
     def _serve_newest_in_store(self) -> None:
         """With no champion to be found, serve the newest import of this model (e.g. inside a Bento)."""
         import bentoml
+        from bentoml.exceptions import NotFound
 
-        name = bento_model_name(self.name)
-        for model in sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time, reverse=True):
+        try:
+            imports = bentoml.models.list(bento_model_name(self.name))
+        except NotFound:
+            imports = []
+        for model in sorted(imports, key=lambda m: m.info.creation_time, reverse=True):
             try:
                 net, _ = load_bento_mlp(model)
             except ValueError as exc:

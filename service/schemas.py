@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-# A 28x28 PNG of an MNIST test digit (a 7), small enough to paste into /docs.
-EXAMPLE_IMAGE = (
-    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAxUlEQVR4nGNgGDaAEUKFpD77sfTFHeyS9xQYGBg+X4UKPuk6"
-    "w8DAwMDAAuGm6l/TMnSweCzLwPDntSTDozPIOhkYGBgYBA3PmDIw/Lh1XShnGi5nBP+9KIRLTuzl/2AokwlDMlv0/U1cGq1/"
-    "/rPDJcfQ+m83Ky45zrM/rHBqrPu3Daec9+8PlrjkhO/+W4ZLjvn0v9vKuCTV/v3zxSUn/+BfMSMuydZ//0xwydl+QpdEClsb"
-    "Hoa7X1AkWZA5F53f4TIWEwAAaRE8kJuHrgAAAAAASUVORK5CYII="
-)
+from mindtrace.images import EXAMPLE_IMAGE
+
+__all__ = ["EXAMPLE_IMAGE", "MAX_BATCH"]
+
 MAX_BATCH = 1024
 
 
