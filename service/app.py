@@ -11,31 +11,24 @@ import os
 import time
 from typing import Annotated, Any
 
+import bentoml
+import numpy as np
+import torch
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
 from mindtrace.config import Config
-
-settings = Config()
-SETTINGS = settings["SERVICE"]
-# A registry that is down must give a quick 503, not MLflow's minutes of retries with backoff.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", SETTINGS["REGISTRY_TIMEOUT_SECONDS"])
-
-import bentoml  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from pydantic import Field  # noqa: E402
-from starlette.concurrency import run_in_threadpool  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
-
-from mindtrace.images import ImageLimits, ImageRejected, decode_image  # noqa: E402
-from mindtrace.jobs import JobState, JobStore  # noqa: E402
-from mindtrace.preprocess import to_mnist_pixels  # noqa: E402
-from mindtrace.registry import Registry  # noqa: E402
-from mindtrace.registry.errors import RegistryUnavailableError  # noqa: E402
-from mindtrace.registry.schemas import AliasEvent  # noqa: E402
-from service import control, metrics  # noqa: E402
-from service.guard import Guard, QuietClientErrors  # noqa: E402
-from service.model import ChampionWatcher, NotServing, Overloaded, Predictor, load_version  # noqa: E402
-from service.schemas import (  # noqa: E402
+from mindtrace.images import ImageLimits, ImageRejected, decode_image
+from mindtrace.jobs import JobState, JobStore
+from mindtrace.preprocess import to_mnist_pixels
+from mindtrace.registry import Registry
+from mindtrace.registry.errors import RegistryUnavailableError
+from mindtrace.registry.schemas import AliasEvent
+from service import control, metrics
+from service.guard import Guard, QuietClientErrors
+from service.model import ChampionWatcher, NotServing, Overloaded, Predictor, load_version
+from service.schemas import (
     EXAMPLE_IMAGE,
     MAX_BATCH,
     BatchResponse,
@@ -44,6 +37,12 @@ from service.schemas import (  # noqa: E402
     Prediction,
 )
 
+settings = Config()
+SETTINGS = settings["SERVICE"]
+# A registry that is down must give a quick 503, not MLflow's minutes of retries with backoff (MLflow reads
+# these on every call).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", SETTINGS["REGISTRY_TIMEOUT_SECONDS"])
 log = logging.getLogger("mindtrace.service")
 logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
 IMAGE_DOC = "base64 PNG, JPEG, BMP or GIF (one frame); a data:image/...;base64, prefix is allowed"

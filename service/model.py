@@ -28,7 +28,7 @@ from mindtrace.models import MLPNet
 from mindtrace.preprocess import normalize
 from mindtrace.registry import Registry
 from mindtrace.registry.bento import bento_model_name, import_version, load_bento_mlp
-from mindtrace.registry.errors import RegistryError
+from mindtrace.registry.errors import NotFoundError, RegistryError
 from service import metrics
 
 log = logging.getLogger("mindtrace.service")
@@ -121,7 +121,7 @@ class ChampionWatcher:
         self.last_error: str | None = None
         self._failed: tuple[str, float] | None = None  # (version, when): retried after a while, not each poll
         self._wake = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the watcher thread and alias moves made through the API
 
     def start(self) -> None:
         """Load the model to serve now, then keep following the alias in a background thread."""
@@ -139,6 +139,8 @@ class ChampionWatcher:
         with self._lock:
             try:
                 version = self.registry.alias_target(self.name, self.alias)
+            except NotFoundError:
+                version = None  # nothing registered yet
             except RegistryError as exc:
                 self._note_error(f"cannot read the registry: {exc}", swap=False)
                 return
@@ -159,9 +161,10 @@ class ChampionWatcher:
 
     def serve(self, served: Served) -> Served:
         """Swap in a model that is already loaded and checked."""
-        previous = self.predictor.current
-        self.predictor.current = served
-        self.last_error, self._failed = None, None
+        with self._lock:
+            previous = self.predictor.current
+            self.predictor.current = served
+            self.last_error, self._failed = None, None
         metrics.model_swapped(previous, served)
         log.info("now serving %s version %s (%s)", served.name, served.version, served.tag)
         return served
@@ -170,7 +173,10 @@ class ChampionWatcher:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
-            self.check()
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
+                log.exception("checking the %s alias failed", self.alias)
 
     def _serve_newest_in_store(self) -> None:
         """With no champion to be found, serve the newest import of this model (e.g. inside a Bento)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from conftest import free_port, running
 from PIL import Image
 
 from mindtrace.config import Config
@@ -30,7 +31,6 @@ from mindtrace.data import MNIST
 from mindtrace.preprocess import preprocess
 from mindtrace.registry import Registry
 from mindtrace.utils import pil_to_ascii
-from tests.conftest import free_port, running
 
 pytestmark = pytest.mark.slow
 
