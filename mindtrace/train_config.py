@@ -92,23 +92,31 @@ class TrainConfig(BaseModel):
     def from_text(cls, text: str, suffix: str) -> TrainConfig:
         """Parse config text given the file suffix (``.json``, ``.yaml``/``.yml`` or ``.ini``/``.cfg``)."""
         suffix = suffix.lower()
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        elif suffix in (".ini", ".cfg"):
-            parser = configparser.ConfigParser()
-            parser.read_string(text)
-            if not parser.has_section("train"):
-                raise ValueError("an INI training config needs a [train] section")
-            data: Any = dict(parser["train"])
-            if parser.has_section("promotion"):
-                data["promotion"] = dict(parser["promotion"])
-        else:
+        if suffix not in (".json", ".yaml", ".yml", ".ini", ".cfg"):
             raise ValueError(f"unsupported config file type {suffix!r}: use .json, .yaml, .yml or .ini")
+        try:
+            data = _read_mapping(text, suffix)
+        except (ValueError, yaml.YAMLError, configparser.Error) as exc:
+            kind = {".yml": "YAML", ".cfg": "INI"}.get(suffix, suffix[1:].upper())
+            raise ValueError(f"cannot read the {kind} config: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError("a training config must be a mapping of parameter names to values")
         return cls.model_validate(data)
+
+
+def _read_mapping(text: str, suffix: str) -> Any:
+    if suffix == ".json":
+        return json.loads(text)
+    if suffix in (".yaml", ".yml"):
+        return yaml.safe_load(text)
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    if not parser.has_section("train"):
+        raise ValueError("an INI training config needs a [train] section")
+    data: dict[str, Any] = dict(parser["train"])
+    if parser.has_section("promotion"):
+        data["promotion"] = dict(parser["promotion"])
+    return data
 
 
 class PromotionPolicy(BaseModel):

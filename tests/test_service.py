@@ -349,6 +349,10 @@ def test_retrain_takes_an_uploaded_config_file_and_refuses_bad_values(server):
         server.url + "/retrain", files={"config": ("retrain.ini", ini)}, headers=ADMIN, timeout=30
     )
     assert r.status_code == 422 and "learning_rate" in r.json()["error"]
+    broken = requests.post(
+        server.url + "/retrain", files={"config": ("r.yaml", b"epochs: [1\n")}, headers=ADMIN, timeout=30
+    )
+    assert broken.status_code == 422 and "cannot read the YAML config" in broken.json()["error"]
     yaml_text = b"epochs: 1\nnum_train: 2000\nhidden_dims: [16]\npromotion:\n  policy: never\n"
     r = requests.post(
         server.url + "/retrain", files={"config": ("r.yaml", yaml_text)}, headers=ADMIN, timeout=30

@@ -155,3 +155,8 @@ def test_train_config_from_bad_files(tmp_path):
     (tmp_path / "c.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         TrainConfig.from_file(tmp_path / "c.yaml")
+    # Text that is not the format at all is a ValueError too (the API answers 422), not a parser's error.
+    for name, text in [("c.yaml", "epochs: [1\n"), ("c.ini", "epochs = 1\n"), ("c.json", "{epochs")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match="cannot read the"):
+            TrainConfig.from_file(tmp_path / name)
