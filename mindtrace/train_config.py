@@ -151,14 +151,33 @@ class TrainRequest(TrainConfig):
     """A training config plus the gate its new version faces: the body of ``POST /retrain``, and what a
     ``mindtrace train --config`` file holds. Without ``promotion`` the ``[PROMOTION]`` settings apply.
 
-    >>> r = TrainRequest.model_validate({"epochs": 2, "promotion": {"policy": "always"}})
+    >>> r = TrainRequest.model_validate({"epochs": 2, "promotion": {"policy": "always", "margin": 0.01}})
     >>> r.train_config().epochs, r.promotion.policy
     (2, 'always')
+    >>> TrainRequest.model_validate({"epochs": 2, "policy": "never"}).promotion.policy
+    'never'
     """
 
     promotion: PromotionPolicy | None = Field(
-        None, description="the promotion gate for the new version (default: the [PROMOTION] settings)"
+        None,
+        description="the promotion gate for the new version (default: the [PROMOTION] settings); a policy "
+        'name alone ("always") is short for {"policy": "always"}, and so is a top-level "policy"',
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_shorthands(cls, data: Any) -> Any:
+        # Callers write the policy the short way ("promotion": "always", or "policy": "always" beside the
+        # training knobs); both mean the same gate, so both are read rather than refused.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("policy", "promotion_policy"):
+            if key in data and "promotion" not in data:
+                data["promotion"] = data.pop(key)
+        if isinstance(data.get("promotion"), str):
+            data["promotion"] = {"policy": data["promotion"]}
+        return data
 
     def train_config(self) -> TrainConfig:
         """The training knobs alone, as recorded with the run."""

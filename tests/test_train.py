@@ -16,6 +16,7 @@ from mindtrace.models import MLP
 from mindtrace.preprocess import preprocess
 from mindtrace.registry import MlflowLightningCallback, tracking_uri
 from mindtrace.train import TrainConfig, train
+from mindtrace.train_config import TrainRequest
 
 SMALL = {"epochs": 3, "num_train": 6000, "num_val": 1000, "hidden_dims": [128], "batch_size": 128}
 
@@ -160,3 +161,24 @@ def test_train_config_from_bad_files(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match="cannot read the"):
             TrainConfig.from_file(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"promotion": {"policy": "always"}},
+        {"promotion": "always"},
+        {"policy": "always"},
+        {"promotion_policy": "always"},
+    ],
+)
+def test_train_request_reads_the_policy_however_it_is_written(body):
+    request = TrainRequest.model_validate({"epochs": 1, **body})
+    assert request.promotion.policy == "always"
+    assert "promotion" not in request.train_config().model_dump()
+
+
+def test_train_request_names_a_bad_policy():
+    with pytest.raises(ValidationError) as info:
+        TrainRequest.model_validate({"policy": "sometimes"})
+    assert info.value.errors()[0]["loc"] == ("promotion", "policy")
