@@ -81,7 +81,7 @@ class Mindtrace:
     ) -> InferenceResponse:
         """Classify one image of a digit."""
         try:
-            pixels = to_mnist_pixels(decode_image(image, self.limits))[None]
+            pixels = self._pixels(image)[None]
         except ImageRejected as exc:
             return _error(exc.status, f"image: {exc}")
         answer = await self._predict(pixels)
@@ -113,10 +113,18 @@ class Mindtrace:
         pixels = np.empty((len(images), 28, 28), dtype=np.uint8)
         for i, image in enumerate(images):
             try:
-                pixels[i] = to_mnist_pixels(decode_image(image, self.limits))
+                pixels[i] = self._pixels(image)
             except ImageRejected as exc:
                 return _error(exc.status, f"images[{i}]: {exc}")
         return pixels
+
+    def _pixels(self, text: str) -> np.ndarray:
+        """Base64 text to the 28x28 MNIST-style pixels the model takes; any failure is the image's."""
+        img = decode_image(text, self.limits)
+        try:
+            return to_mnist_pixels(img)
+        except (ValueError, OSError, TypeError) as exc:  # an odd mode or a lazily-failing decoder
+            raise ImageRejected(f"cannot read the pixels of this {img.format} image: {exc}") from None
 
     async def _predict(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef] | JSONResponse:
         try:
