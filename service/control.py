@@ -23,6 +23,7 @@ from mindtrace.jobs import JobConflict, JobState
 from mindtrace.registry.errors import InvalidQueryError, NotFoundError, RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent, ModelSummary, VersionInfo
 from mindtrace.train_config import TrainRequest
+from service.guard import describe_errors
 from service.schemas import AliasMove, ErrorBody
 
 app = FastAPI(title="mindtrace control", docs_url=None, redoc_url=None, openapi_url=None)
@@ -82,9 +83,8 @@ async def _unavailable(_: Request, exc: RegistryUnavailableError) -> JSONRespons
 
 
 def _fields_error(errors: list[Any]) -> JSONResponse:
-    parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors]
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
-    return _error(422, "; ".join(parts), detail=detail)
+    return _error(422, describe_errors(errors), detail=detail)
 
 
 @app.post(

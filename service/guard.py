@@ -166,11 +166,16 @@ def _validation(errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
     """BentoML's pydantic errors as one readable line naming each field, e.g. ``image: Field required``."""
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, {"error": "the request body is not valid JSON"}
+    return 422, {"error": describe_errors(errors), "detail": errors}
+
+
+def describe_errors(errors: list[dict[str, Any]]) -> str:
+    """Pydantic errors (BentoML's or FastAPI's) as one line naming each field: ``epochs: Input ...``."""
     parts = []
     for e in errors:
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
-    return 422, {"error": "; ".join(parts), "detail": errors}
+    return "; ".join(parts)
 
 
 async def _send_json(

@@ -112,7 +112,6 @@ class ChampionWatcher:
 
     def __init__(self, predictor: Predictor, settings: Config):
         self.predictor = predictor
-        self.settings = settings
         section = settings["SERVICE"]
         self.alias = section["MODEL_ALIAS"]
         self.interval = section.getfloat("SWAP_POLL_SECONDS")
@@ -223,7 +222,6 @@ def load_version(name: str, version: str, registry: Registry) -> Served:
     """Import registered ``version`` into the BentoML store (once), load it, and check it answers sanely."""
     result = import_version(version, name, registry)
     net, _ = load_bento_mlp(result.tag)
-    torch.set_num_threads(1)
     probs = _forward(net, np.zeros((2, 28, 28), dtype=np.uint8))
     if probs.shape != (2, 10) or not np.isfinite(probs).all():
         raise ValueError(f"{result.tag} does not produce 10 finite probabilities per image")
