@@ -52,12 +52,22 @@ HOW_TO_TRAIN = (
 )
 
 
-@bentoml.service(
-    name="mindtrace",
-    workers=SETTINGS.getint("WORKERS") or "cpu_count",
-    traffic={"timeout": 120},
-    logging={"access": {"enabled": SETTINGS.getboolean("ACCESS_LOG")}},
-)
+# Shared with the no-op twin (service/noop.py) that the serving benchmark measures as this service's ceiling.
+SERVICE_CONFIG: dict[str, Any] = {
+    "workers": SETTINGS.getint("WORKERS") or "cpu_count",
+    "traffic": {"timeout": 120},
+    "logging": {"access": {"enabled": SETTINGS.getboolean("ACCESS_LOG")}},
+    # BentoML opens an OpenTelemetry span per request even with no exporter configured: off unless asked for.
+    "tracing": {} if SETTINGS.getboolean("TRACING") else {"excluded_urls": [".*"]},
+}
+GUARD_OPTIONS: dict[str, Any] = {
+    "max_body_bytes": SETTINGS.getint("MAX_BODY_BYTES"),
+    "api_token": os.environ.get("MINDTRACE_API_TOKEN", ""),
+    "inference_token": os.environ.get("MINDTRACE_INFERENCE_TOKEN", ""),
+}
+
+
+@bentoml.service(name="mindtrace", **SERVICE_CONFIG)
 class Mindtrace:
     """Classify handwritten digits with the registry's champion model, retrain it, and browse the registry."""
 
@@ -187,10 +197,5 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 Mindtrace.mount_asgi_app(control.app, path="/")
-Mindtrace.add_asgi_middleware(
-    Guard,
-    max_body_bytes=SETTINGS.getint("MAX_BODY_BYTES"),
-    api_token=os.environ.get("MINDTRACE_API_TOKEN", ""),
-    inference_token=os.environ.get("MINDTRACE_INFERENCE_TOKEN", ""),
-)
+Mindtrace.add_asgi_middleware(Guard, **GUARD_OPTIONS)
 svc = Mindtrace

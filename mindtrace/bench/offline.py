@@ -1,4 +1,7 @@
-"""Benchmarks that print figures. Targets are reported, not asserted: a noisy machine must not fail CI."""
+"""Benchmarks without a server: full-MNIST training, and the forward pass as each serving option loads it.
+
+Targets are reported, not asserted: a noisy machine must not fail CI.
+"""
 
 from __future__ import annotations
 

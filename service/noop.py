@@ -1,0 +1,38 @@
+"""The service's no-op twin: the same BentoML settings, middleware, routes and bodies, and no work at all.
+
+``mindtrace bench serve`` measures it as this service's own ceiling: what BentoML can answer on this machine
+when the inference itself costs nothing. It answers every image with a fixed prediction, unchecked.
+
+    bentoml serve service.noop:svc
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import bentoml
+from pydantic import Field
+
+from service.app import GUARD_OPTIONS, SERVICE_CONFIG
+from service.guard import Guard
+from service.schemas import MAX_BATCH, BatchResponse, InferenceResponse, ModelRef, Prediction
+
+FIXED = Prediction(label=0, probabilities=[1.0] + [0.0] * 9)
+MODEL = ModelRef(name="noop", version="0")
+
+
+@bentoml.service(name="mindtrace-noop", **SERVICE_CONFIG)
+class Noop:
+    @bentoml.api(route="/inference")
+    async def inference(self, image: str) -> InferenceResponse:
+        return InferenceResponse(**FIXED.model_dump(), model=MODEL)
+
+    @bentoml.api(route="/inference/batch")
+    async def inference_batch(
+        self, images: Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH)]
+    ) -> BatchResponse:
+        return BatchResponse(predictions=[FIXED] * len(images), model=MODEL)
+
+
+Noop.add_asgi_middleware(Guard, **GUARD_OPTIONS)
+svc = Noop
