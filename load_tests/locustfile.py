@@ -39,9 +39,9 @@ _answers: dict[int, Counter[int]] = {}  # digit index -> labels it was given
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     group = parser.add_argument_group("mindtrace")
-    group.add_argument("--digits", type=int, default=1000, help="MNIST test digits to cycle through (1-10000)")
+    group.add_argument("--digits", type=int, default=1000, help="MNIST test digits to cycle through")
     group.add_argument("--batch-size", type=int, default=32, help="digits per request in Batch (1-1024)")
-    group.add_argument("--min-accuracy", type=float, default=0.9, help="exit 1 below this share of right labels")
+    group.add_argument("--min-accuracy", type=float, default=0.9, help="exit 1 below this accuracy")
     group.add_argument(
         "--token", default=os.environ.get("MINDTRACE_INFERENCE_TOKEN", ""), help="bearer token for inference"
     )
@@ -167,4 +167,3 @@ class Mixed(DigitUser):
     @task(1)
     def served_model(self) -> None:
         self.client.get("/model", name="/model")
-
