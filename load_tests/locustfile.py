@@ -26,6 +26,7 @@ import os
 from collections import Counter
 from typing import Any
 
+import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
 
@@ -55,6 +56,8 @@ def _load_digits(environment: Environment, **_: Any) -> None:
     global DIGITS
     if environment.parsed_options is not None:
         DIGITS = mnist_test_digits(environment.parsed_options.digits)
+        # Loading blocked gevent's loop for seconds; without this its cached clock would end a -t run early.
+        gevent.get_hub().loop.update_now()
 
 
 @events.quitting.add_listener

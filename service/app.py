@@ -19,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from mindtrace.config import Config
-from mindtrace.images import ImageLimits, ImageRejected, decode_image
+from mindtrace.images import ImageLimits, ImageRejected
 from mindtrace.jobs import JobState, JobStore
-from mindtrace.preprocess import to_mnist_pixels
+from mindtrace.predict import digit_pixels
 from mindtrace.registry import Registry
 from mindtrace.registry.errors import RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent
@@ -91,7 +91,7 @@ class Mindtrace:
     ) -> InferenceResponse:
         """Classify one image of a digit."""
         try:
-            pixels = self._pixels(image)[None]
+            pixels = digit_pixels(image, self.limits)[None]
         except ImageRejected as exc:
             return _error(exc.status, f"image: {exc}")
         answer = await self._predict(pixels)
@@ -123,18 +123,10 @@ class Mindtrace:
         pixels = np.empty((len(images), 28, 28), dtype=np.uint8)
         for i, image in enumerate(images):
             try:
-                pixels[i] = self._pixels(image)
+                pixels[i] = digit_pixels(image, self.limits)
             except ImageRejected as exc:
                 return _error(exc.status, f"images[{i}]: {exc}")
         return pixels
-
-    def _pixels(self, text: str) -> np.ndarray:
-        """Base64 text to the 28x28 MNIST-style pixels the model takes; any failure is the image's."""
-        img = decode_image(text, self.limits)
-        try:
-            return to_mnist_pixels(img)
-        except (ValueError, OSError, TypeError) as exc:  # an odd mode or a lazily-failing decoder
-            raise ImageRejected(f"cannot read the pixels of this {img.format} image: {exc}") from None
 
     async def _predict(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef] | JSONResponse:
         try:

@@ -1,9 +1,10 @@
-"""The served model: BentoML's adaptive batching in front of it, and a watcher that hot-swaps it.
+"""The served model: adaptive batching in front of it, and a watcher that hot-swaps it.
 
-Batching: every request hands its preprocessed images to BentoML's adaptive-batching dispatcher (the CORK
-dispatcher behind ``@bentoml.api(batchable=True)``), run inside this API worker rather than behind an HTTP hop
-to a second service; DESIGN.md has the measurements behind that choice. Each request is one job whatever its
-image count, so the dispatcher never splits a request across two model calls.
+Batching: requests queue their preprocessed images, and one model call at a time takes every request that
+queued while the previous call ran (up to ``max_requests``). Under light load a request runs at once, alone;
+under heavy load batches grow by themselves to match the load, with no timer and no polling. Each request is
+one job whatever its image count, so a request is never split across two model calls. DESIGN.md compares
+this with BentoML's own dispatcher.
 
 Hot-swap: ``current`` is one immutable ``Served`` object, replaced by a single assignment. A model call reads
 it once, so every request in a batch is answered by one model and told which; a swap can never mix two.
@@ -15,25 +16,20 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
 from mindtrace.config import Config
 from mindtrace.models import MLPNet
-from mindtrace.preprocess import normalize
+from mindtrace.predict import probabilities
 from mindtrace.registry import Registry
 from mindtrace.registry.bento import bento_model_name, import_version, load_bento_mlp
 from mindtrace.registry.errors import NotFoundError, RegistryError
 from service import metrics
 
 log = logging.getLogger("mindtrace.service")
-# Images per forward pass within one model call: bounds the memory of a call that gathers many batch requests.
-CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,14 @@ class NotServing(RuntimeError):
 
 
 class Overloaded(RuntimeError):
-    """The batching queue could not answer within its latency budget."""
+    """A request waited in the batching queue longer than its latency budget."""
+
+
+@dataclass
+class _Job:
+    pixels: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, Served]]
+    queued_at: float
 
 
 class Predictor:
@@ -63,44 +66,71 @@ class Predictor:
 
     def __init__(self, max_requests: int, max_latency_ms: int):
         self.current: Served | None = None
-        # One thread runs the model, so the event loop keeps decoding the next requests meanwhile.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        dispatcher = CorkDispatcher(
-            max_latency_in_ms=max_latency_ms,
-            max_batch_size=max_requests,
-            fallback=self._overloaded,
-            get_batch_size=lambda _: 1,
-        )
-        self._dispatch = dispatcher(self._run)
+        self.max_requests = max_requests
+        self.max_wait = max_latency_ms / 1000
+        self._queue: deque[_Job] = deque()
+        self._running = False
 
     async def predict(self, pixels: np.ndarray) -> tuple[np.ndarray, Served]:
         """Probabilities ``[n, 10]`` for uint8 pixels ``[n, 28, 28]``, and the model that computed them."""
         if self.current is None:
             raise NotServing()
-        return await self._dispatch(pixels)
+        loop = asyncio.get_running_loop()
+        job = _Job(pixels, loop.create_future(), time.monotonic())
+        self._queue.append(job)
+        if not self._running:
+            self._running = True
+            loop.create_task(self._drain())
+        return await job.future
 
-    async def _run(self, jobs: Sequence[np.ndarray]) -> list[tuple[np.ndarray, Served]]:
+    async def _drain(self) -> None:
+        """Run batches until the queue is empty; requests that arrive meanwhile make up the next batch."""
+        try:
+            while self._queue:
+                for _ in range(4):  # requests read in the same turn of the loop are still on their way in
+                    queued = len(self._queue)
+                    await asyncio.sleep(0)
+                    if len(self._queue) == queued:
+                        break
+                batch = self._take_batch()
+                if batch:
+                    self._run(batch)
+                await asyncio.sleep(0)  # let the requests read meanwhile queue up for the next batch
+        finally:
+            self._running = False
+
+    def _take_batch(self) -> list[_Job]:
+        now, batch = time.monotonic(), []
+        while self._queue and len(batch) < self.max_requests:
+            job = self._queue.popleft()
+            if job.future.done():  # the client went away
+                continue
+            if now - job.queued_at > self.max_wait:
+                job.future.set_exception(Overloaded("the request waited longer than the batching budget"))
+                continue
+            batch.append(job)
+        return batch
+
+    def _run(self, batch: list[_Job]) -> None:
         served = self.current  # read once: the whole batch is answered by this model
         assert served is not None
-        sizes = [len(p) for p in jobs]
-        loop = asyncio.get_running_loop()
-        probs = await loop.run_in_executor(self._executor, _forward, served.net, np.concatenate(jobs))
+        pixels = np.concatenate([job.pixels for job in batch])
+        try:
+            # On the event loop itself: a worker has one core and one torch thread, so a model thread could
+            # not run beside the loop, and handing batches to one cost 13% more CPU per request (DESIGN.md).
+            probs = probabilities(served.net, pixels)
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the loop goes on
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
         metrics.count_predictions(probs.argmax(axis=1))
-        splits = np.split(probs, np.cumsum(sizes)[:-1])
-        return [(p, served) for p in splits]
-
-    @staticmethod
-    def _overloaded() -> tuple[np.ndarray, Served]:
-        raise Overloaded("the batching queue could not answer within its latency budget")
-
-
-def _forward(net: MLPNet, pixels: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        parts = [
-            torch.softmax(net(normalize(torch.from_numpy(pixels[i : i + CHUNK]))), dim=1)
-            for i in range(0, len(pixels), CHUNK)
-        ]
-    return torch.cat(parts).numpy()
+        start = 0
+        for job in batch:
+            end = start + len(job.pixels)
+            if not job.future.done():
+                job.future.set_result((probs[start:end], served))
+            start = end
 
 
 class ChampionWatcher:
@@ -222,7 +252,7 @@ def load_version(name: str, version: str, registry: Registry) -> Served:
     """Import registered ``version`` into the BentoML store (once), load it, and check it answers sanely."""
     result = import_version(version, name, registry)
     net, _ = load_bento_mlp(result.tag)
-    probs = _forward(net, np.zeros((2, 28, 28), dtype=np.uint8))
+    probs = probabilities(net, np.zeros((2, 28, 28), dtype=np.uint8))
     if probs.shape != (2, 10) or not np.isfinite(probs).all():
         raise ValueError(f"{result.tag} does not produce 10 finite probabilities per image")
     return Served(net, result.name, result.version, result.tag, time.time())

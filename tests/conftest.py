@@ -4,20 +4,14 @@ and an offline pip."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mindtrace.bench.process import free_port, running
 from mindtrace.config import Config
 from mindtrace.data.fetch import MnistSpec, ensure_mnist
 from mindtrace.data.idx import idx_bytes
@@ -185,55 +180,6 @@ def mnist_home(real_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, _isolated_
 # --- a real MLflow tracking server ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(
-    command: list[str],
-    health_url: str,
-    log_path: Path,
-    *,
-    cwd: Path,
-    env: dict[str, str] | None = None,
-    timeout: float = 120,
-) -> Iterator[subprocess.Popen]:
-    """Start a server in its own session, wait until ``health_url`` answers 200, stop the session after.
-
-    Its own session means that stopping it stops the server's worker processes too, and nothing else.
-    """
-    log = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited: {_tail(log_path)}")
-            try:
-                with urllib.request.urlopen(health_url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[0]} did not get ready: {_tail(log_path)}")
-            time.sleep(0.3)
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on a free 127.0.0.1 port (SQLite, proxied artifacts); its URI. Stopped after."""
@@ -248,7 +194,3 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uri = f"http://127.0.0.1:{port}"
     with running(command, f"{uri}/health", root / "server.log", cwd=root, timeout=90):
         yield uri
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-2000:]

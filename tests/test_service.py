@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import free_port, running
 from PIL import Image
 
+from mindtrace.bench.process import free_port, running
 from mindtrace.config import Config
 from mindtrace.data import MNIST
 from mindtrace.preprocess import preprocess

@@ -129,6 +129,37 @@ def cmd_bench_formats(args: argparse.Namespace) -> int:
     return bench_model_formats(repeats=args.repeats)
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mindtrace.bench.report import write_report
+    from mindtrace.bench.serve import SERVERS, BenchOptions, run_benchmark
+
+    unknown = set(args.servers) - set(SERVERS)
+    if unknown:
+        raise ValueError(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")
+    options = BenchOptions(
+        out=Path(args.out),
+        servers=tuple(args.servers),
+        users=tuple(args.users),
+        seconds=args.seconds,
+        warmup_seconds=args.warmup_seconds,
+        digits=args.digits,
+        ceiling_users=args.ceiling_users,
+        batch_size=args.batch_images,
+        batch_users=args.batch_users,
+        retrain=not args.no_retrain,
+        soak_seconds=args.soak_seconds,
+        workers=args.workers or BenchOptions(out=Path(args.out)).workers,
+    )
+    results = run_benchmark(options, _train_config(args))
+    report = write_report(
+        results, options.out.resolve(), Path(args.markdown).resolve() if args.markdown else None
+    )
+    console.print(f"results: {options.out / 'results.json'}; report: {report}", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mindtrace", description="Train, track and serve MNIST digit models."
@@ -174,6 +205,35 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("formats", help="forward-pass time of a model as each serving option would load it")
     b.add_argument("--repeats", type=int, default=2000, help="timed calls per option and batch size")
     b.set_defaults(func=cmd_bench_formats)
+    b = bench.add_parser(
+        "serve",
+        help="this service beside FastAPI and mlflow models serve under the same Locust load",
+        description=(
+            "Run it in a mindtrace checkout: it starts service/ and drives load_tests/. It first trains a "
+            "model (the training options below) in a scratch home under --out: your registry is untouched."
+        ),
+    )
+    b.add_argument(
+        "--out", default="bench-out/serve", help="folder for results.json, the report, charts, logs"
+    )
+    b.add_argument("--markdown", default=None, help="also write the report here, e.g. BENCHMARKS.md")
+    b.add_argument("--servers", nargs="+", default=["mindtrace", "mindtrace-nobatch", "fastapi", "mlflow"])
+    b.add_argument("--users", type=int, nargs="+", default=[1, 8, 32, 64], help="concurrent users per point")
+    b.add_argument("--seconds", type=float, default=20, help="length of each measured point")
+    b.add_argument(
+        "--warmup-seconds", type=float, default=3, help="unrecorded load before each server's points"
+    )
+    b.add_argument("--digits", type=int, default=1000, help="MNIST test digits the users cycle through")
+    b.add_argument("--ceiling-users", type=int, default=32, help="users for the no-op, retrain and long runs")
+    b.add_argument("--batch-images", type=int, default=256, help="images per batch request (1: no batch run)")
+    b.add_argument("--batch-users", type=int, default=4, help="users sending batch requests")
+    b.add_argument("--no-retrain", action="store_true", help="skip the run during a retraining job")
+    b.add_argument("--soak-seconds", type=float, default=300, help="length of the long run (0: skip it)")
+    b.add_argument(
+        "--workers", type=int, default=0, help="worker processes per server (default: one per core)"
+    )
+    _add_train_options(b)
+    b.set_defaults(func=cmd_bench_serve)
     return parser
 
 
