@@ -62,28 +62,45 @@ def _load_digits(environment: Environment, **_: Any) -> None:
 
 @events.quitting.add_listener
 def _report(environment: Environment, **_: Any) -> None:
-    checked = sum(sum(c.values()) for c in _answers.values())
-    if not checked or DIGITS is None:
-        return
-    correct = sum(c[int(DIGITS.labels[i])] for i, c in _answers.items())
-    accuracy = correct / checked
     options = environment.parsed_options
-    print(f"accuracy: {correct}/{checked} answers right = {accuracy:.4f} (minimum {options.min_accuracy})")
-    if accuracy < options.min_accuracy:
-        print("accuracy is below --min-accuracy: the server answers wrongly")
+    checked = sum(sum(c.values()) for c in _answers.values())
+    correct = sum(c[int(DIGITS.labels[i])] for i, c in _answers.items()) if DIGITS is not None else 0
+    accuracy = correct / checked if checked else None
+    if accuracy is not None:
+        print(
+            f"accuracy: {correct}/{checked} answers right = {accuracy:.4f} (minimum {options.min_accuracy})"
+        )
+    if accuracy is None or accuracy < options.min_accuracy:
+        print("accuracy is below --min-accuracy: the server answers wrongly (or not at all)")
         environment.process_exit_code = 1
     if options.report_json:
-        # The label each digit got most often, and how many digits got two different labels.
-        labels = {str(i): c.most_common(1)[0][0] for i, c in _answers.items()}
         report = {
             "checked": checked,
             "correct": correct,
             "accuracy": accuracy,
-            "labels": labels,
+            # The label each digit got most often, and how many digits got two different labels.
+            "labels": {str(i): c.most_common(1)[0][0] for i, c in _answers.items()},
             "inconsistent_digits": sum(len(c) > 1 for c in _answers.values()),
+            # The final figures (Locust's CSV files are written every second and miss the last one).
+            "stats": {
+                "Aggregated": _figures(environment.stats.total),
+                **{name: _figures(entry) for (name, _), entry in environment.stats.entries.items()},
+            },
         }
         with open(options.report_json, "w") as f:
             json.dump(report, f)
+
+
+def _figures(entry: Any) -> dict[str, float]:
+    percentile = entry.get_response_time_percentile
+    return {
+        "requests": entry.num_requests,
+        "failures": entry.num_failures,
+        "rps": entry.total_rps,
+        "p50_ms": percentile(0.5) if entry.num_requests else 0,
+        "p95_ms": percentile(0.95) if entry.num_requests else 0,
+        "p99_ms": percentile(0.99) if entry.num_requests else 0,
+    }
 
 
 class DigitUser(FastHttpUser):

@@ -76,9 +76,11 @@ def decode_image(text: str, limits: ImageLimits = ImageLimits()) -> Image.Image:
     if getattr(img, "n_frames", 1) > 1:
         raise ImageRejected(f"animated or multi-frame images are not accepted ({img.n_frames} frames)")
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit is lower than Pillow's, so its bomb warning can only repeat ours.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if pixels > Image.MAX_IMAGE_PIXELS:  # only with a limit above Pillow's: its warning would repeat ours
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img.load()
+        else:
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageRejected(f"not a readable {img.format} image: {exc}") from None

@@ -25,12 +25,11 @@ import pytest
 import requests
 from PIL import Image
 
+from mindtrace.bench.digits import mnist_test_digits
 from mindtrace.bench.process import free_port, running
 from mindtrace.config import Config
-from mindtrace.data import MNIST
 from mindtrace.preprocess import preprocess
 from mindtrace.registry import Registry
-from mindtrace.utils import pil_to_ascii
 
 pytestmark = pytest.mark.slow
 
@@ -113,10 +112,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> It
 @pytest.fixture(scope="module")
 def digits(real_mnist_dir: Path) -> tuple[list[str], np.ndarray, list[Image.Image]]:
     """300 real MNIST test digits: base64 PNG, labels, images."""
-    dm = MNIST(data_dir=real_mnist_dir)
-    samples = [dm.sample("test", i) for i in range(300)]
-    images = [img for img, _ in samples]
-    return [pil_to_ascii(img) for img in images], np.array([y for _, y in samples]), images
+    found = mnist_test_digits(300, real_mnist_dir)
+    return found.texts, found.labels, [Image.fromarray(p) for p in found.pixels]
 
 
 def _wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
@@ -192,6 +189,57 @@ def test_32_concurrent_clients_get_no_errors(server, digits):
     # Batching must not mix answers up: each answer is the one its own image gets alone.
     single = {i: server.infer(texts[i]).json()["label"] for i in {i for _, _, i in results}}
     assert all(label == single[i] for _, label, i in results)
+
+
+def _locust(
+    url: str, scenario: str, out: Path, env: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess:
+    """A short headless run of a scenario from load_tests/ (its figures go to --report-json)."""
+    argv = [
+        str(BIN / "locust"), "-f", str(ROOT / "load_tests"), "--host", url, "--headless",
+        "-u", "4", "-r", "4", "-t", "4s", "--only-summary", "--digits", "200",
+        *extra, scenario,
+    ]  # fmt: skip
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=out.parent)
+
+
+@pytest.mark.parametrize("scenario", ["SingleImage", "Batch", "Mixed"])
+def test_locust_scenarios_run_against_the_service_and_check_every_answer(server, tmp_path, scenario):
+    report = tmp_path / "answers.json"
+    options = ["--token", INFERENCE_TOKEN, "--batch-size", "16", "--report-json", str(report)]
+    done = _locust(server.url, scenario, tmp_path / "run", server.env, *options, "--min-accuracy", "0.9")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    answers = json.loads(report.read_text())
+    stats = answers["stats"]
+    total = stats.pop("Aggregated")
+    assert total["requests"] > 20 and total["failures"] == 0 and total["rps"] > 0
+    assert answers["accuracy"] >= 0.9 and answers["inconsistent_digits"] == 0
+    assert "accuracy:" in done.stdout + done.stderr
+    requests_made = {name: row["requests"] for name, row in stats.items()}
+    if scenario == "SingleImage":
+        assert answers["checked"] == requests_made["/inference"]
+    elif scenario == "Batch":
+        assert answers["checked"] == 16 * requests_made["/inference/batch x16"]
+    else:  # every kind of request was made, and only the classifications are checked
+        assert {"/inference", "/inference/batch x16", "/registry/models", "/model"} <= set(requests_made)
+        assert answers["checked"] == requests_made["/inference"] + 16 * requests_made["/inference/batch x16"]
+
+
+def test_a_fast_wrong_server_fails_the_load_test(tmp_path, real_mnist_dir):
+    """The service's no-op twin answers 0 for every digit, fast: the accuracy check must fail the run."""
+    env = _env(tmp_path / "home", real_mnist_dir.parent, tmp_path / "bentoml")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "bentoml"), "serve", "service.noop:svc", "--host", "127.0.0.1", "--port", str(port)]
+    with running(command, url + "/readyz", tmp_path / "noop.log", cwd=ROOT, env=env, timeout=180):
+        answer = requests.post(url + "/inference", json={"image": "not even base64"}, timeout=10).json()
+        assert answer["label"] == 0 and answer["model"]["name"] == "noop"
+        done = _locust(url, "SingleImage", tmp_path / "run", env, "--report-json", str(tmp_path / "r.json"))
+    assert done.returncode == 1
+    assert "below --min-accuracy" in done.stdout + done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["stats"]["Aggregated"]["failures"] == 0  # valid answers, only wrong ones
+    assert report["accuracy"] < 0.3
 
 
 def _png(img: Image.Image, fmt: str = "PNG", **kw) -> str:

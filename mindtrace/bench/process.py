@@ -90,7 +90,10 @@ def tail(path: Path, chars: int = 3000) -> str:
 
 @dataclass
 class Usage:
-    """What a process tree used while metered: CPU in cores (1.0 = one core busy), resident memory in MB."""
+    """What a process tree used while metered: CPU in cores (1.0 = one core busy; user and system time of
+    the processes, not the kernel's network work done for them), resident memory in MB. ``rss_mb_first`` and
+    ``rss_mb_last`` add up the processes alive at both ends, so a helper process that came or went (a
+    retraining job) does not count as growth."""
 
     cpu_cores: float
     rss_mb_first: float
@@ -109,9 +112,11 @@ class Meter:
     def __init__(self, pid: int, interval: float = 0.5):
         self.root = psutil.Process(pid)
         self.interval = interval
-        self._cpu: dict[int, float] = {}  # pid -> CPU seconds at its first and latest sample
-        self._cpu_first: dict[int, float] = {}
-        self._rss: list[float] = []
+        self._cpu: dict[int, float] = {}  # pid -> CPU seconds at its latest sample
+        self._cpu_first: dict[int, float] = {}  # pid -> CPU seconds at its first sample
+        self._rss: list[float] = []  # the whole tree, every sample
+        self._rss_first: dict[int, int] = {}
+        self._rss_last: dict[int, int] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.usage: Usage | None = None
@@ -128,26 +133,30 @@ class Meter:
         self._sample()
         seconds = max(time.monotonic() - self._t0, 1e-9)
         used = sum(self._cpu[pid] - self._cpu_first[pid] for pid in self._cpu)
-        rss = self._rss or [0.0]
-        self.usage = Usage(used / seconds, rss[0], rss[-1], max(rss))
+        both = self._rss_first.keys() & self._rss_last.keys()
+        first, last = (sum(sizes[pid] for pid in both) / 2**20 for sizes in (self._rss_first, self._rss_last))
+        self.usage = Usage(used / seconds, first, last, max(self._rss or [0.0]))
 
     def _loop(self) -> None:
         while not self._done.wait(self.interval):
             self._sample()
 
     def _sample(self) -> None:
-        total_rss = 0
+        rss: dict[int, int] = {}
         for proc in [self.root, *self._children()]:
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
-                    total_rss += proc.memory_info().rss
+                    rss[proc.pid] = proc.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             seconds = times.user + times.system
             self._cpu_first.setdefault(proc.pid, seconds)
             self._cpu[proc.pid] = seconds
-        self._rss.append(total_rss / 2**20)
+        if not self._rss_first:
+            self._rss_first = rss
+        self._rss_last = rss
+        self._rss.append(sum(rss.values()) / 2**20)
 
     def _children(self) -> list[psutil.Process]:
         try:

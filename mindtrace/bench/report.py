@@ -128,6 +128,8 @@ def _setup(results: dict[str, Any]) -> str:
         f"{options['seconds']:.0f} s per point after a {options['warmup_seconds']:.0f} s warm-up.",
         f"{SATURATED} marks runs where Locust itself used 90% of a core or more:",
         "there the load generator, not the server, set the pace.",
+        "Server CPU is the user and system time of the server's processes (1.00 = one core busy);",
+        "the kernel's loopback network work comes on top. Run-to-run noise on this machine is about 10 %.",
     ]
     return " ".join(sentences)
 

@@ -18,7 +18,6 @@ with a model trained there first, so the benchmark never touches the user's regi
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -58,7 +57,7 @@ class BenchOptions:
     digits: int = 1000
     ceiling_users: int = 32
     batch_size: int = 256
-    batch_users: int = 4
+    batch_users: int = 8
     retrain: bool = True
     soak_seconds: float = 300
     workers: int = field(default_factory=available_cores)
@@ -231,12 +230,12 @@ class Bench:
         batch = scenario == "batch"
         images = self.options.batch_size if batch else 1
         name = f"{contender.name}-{scenario}-{users}".replace(" ", "-")
-        prefix, report = self.work / "locust" / name, self.work / "locust" / f"{name}.json"
-        prefix.parent.mkdir(exist_ok=True)
+        report = self.work / "locust" / f"{name}.json"
+        report.parent.mkdir(exist_ok=True)
         argv = [
             str(BIN / "locust"), "-f", str(self.root / "load_tests" / "locustfile.py"), "--host", url,
             "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds:.0f}s", "--only-summary",
-            "--csv", str(prefix), "--report-json", str(report), "--digits", str(self.options.digits),
+            "--report-json", str(report), "--digits", str(self.options.digits),
             "--api", contender.api, "--batch-size", str(images), "--min-accuracy", "0",
             "--stop-timeout", "10", "Batch" if batch else "SingleImage",
         ]  # fmt: skip
@@ -252,7 +251,7 @@ class Bench:
         if not record:
             return None
         run = Run(contender.name, scenario, users, images, seconds)
-        self._read_stats(run, Path(f"{prefix}_stats.csv"), report)
+        self._read_stats(run, report, self.logs / f"locust-{name}.log")
         assert server.usage is not None and loadgen.usage is not None
         run.server_cpu, run.loadgen_cpu = server.usage.cpu_cores, loadgen.usage.cpu_cores
         run.server_rss_mb, run.rss_mb_first, run.rss_mb_last = (
@@ -271,26 +270,24 @@ class Bench:
         )
         return run
 
-    def _read_stats(self, run: Run, stats_csv: Path, report: Path) -> None:
-        if not stats_csv.exists():
-            run.note = "Locust wrote no statistics: " + tail(self.logs / f"locust-{stats_csv.stem}.log", 500)
+    def _read_stats(self, run: Run, report: Path, log: Path) -> None:
+        if not report.exists():
+            run.note = "Locust wrote no report: " + tail(log, 500)
             return
-        with open(stats_csv) as f:
-            row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
-        run.requests, run.failures = int(row["Request Count"]), int(row["Failure Count"])
-        run.rps = float(row["Requests/s"])
-        run.p50_ms, run.p95_ms, run.p99_ms = (_number(row[k]) for k in ("50%", "95%", "99%"))
-        if report.exists() and not run.server.endswith("no-op"):
-            answers = json.loads(report.read_text())
-            run.accuracy = answers["accuracy"]
+        answers = json.loads(report.read_text())
+        total = answers["stats"]["Aggregated"]
+        run.requests, run.failures, run.rps = total["requests"], total["failures"], total["rps"]
+        run.p50_ms, run.p95_ms, run.p99_ms = total["p50_ms"], total["p95_ms"], total["p99_ms"]
+        if answers["checked"] and not run.server.endswith("no-op"):
             assert self.offline is not None
+            run.accuracy = answers["accuracy"]
             same = [self.offline[int(i)] == label for i, label in answers["labels"].items()]
             run.same_as_offline = sum(same) / len(same)
 
     # --- the scenarios --------------------------------------------------------------------------------------
 
     def measure(self, key: str) -> None:
-        """Single images at every user count; then 256-image batches; then the server's no-op ceiling."""
+        """Single images at every user count, then batch requests, then the server's no-op ceiling."""
         options = self.options
         contender = self.contender(key)
         url, server = self.serve(contender)
@@ -338,14 +335,6 @@ class Bench:
         console.print(f"retraining job {job}: {state['status']}", highlight=False)
 
 
-def _number(cell: str) -> float:
-    """A Locust CSV figure; "N/A" when there were no requests."""
-    try:
-        return float(cell)
-    except ValueError:
-        return 0.0
-
-
 def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
@@ -388,6 +377,8 @@ def run_benchmark(options: BenchOptions, config: TrainConfig, root: Path | None 
     root = (root or Path.cwd()).resolve()
     if not (root / "service" / "app.py").is_file() or not (root / "load_tests" / "locustfile.py").is_file():
         raise FileNotFoundError(f"{root} holds no service/ and load_tests/: run this in a mindtrace checkout")
+    if not (BIN / "locust").exists():
+        raise FileNotFoundError("Locust is not installed here: pip install 'mindtrace[load]'")
     bench = Bench(options, root)
     started = time.monotonic()
     bench.prepare(config)

@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--digits", type=int, default=1000, help="MNIST test digits the users cycle through")
     b.add_argument("--ceiling-users", type=int, default=32, help="users for the no-op, retrain and long runs")
     b.add_argument("--batch-images", type=int, default=256, help="images per batch request (1: no batch run)")
-    b.add_argument("--batch-users", type=int, default=4, help="users sending batch requests")
+    b.add_argument("--batch-users", type=int, default=8, help="users sending batch requests")
     b.add_argument("--no-retrain", action="store_true", help="skip the run during a retraining job")
     b.add_argument("--soak-seconds", type=float, default=300, help="length of the long run (0: skip it)")
     b.add_argument(
