@@ -38,9 +38,7 @@ def render(results: dict[str, Any], charts: list[str]) -> str:
         "",
         "## Targets",
         "",
-        "| target | measured | |",
-        "|---|---|---|",
-        *_targets(runs, users),
+        targets_table(results),
         "",
         "## Single images, by concurrent users",
         "",
@@ -108,8 +106,18 @@ def render(results: dict[str, Any], charts: list[str]) -> str:
             ),
         ),
         "",
+        "## Reproduce",
+        "",
+        _reproduce(results),
+        "",
     ]
     return "\n".join(lines)
+
+
+def targets_table(results: dict[str, Any]) -> str:
+    """The verdict on each target, as a markdown table."""
+    rows = _targets(results["runs"], results["options"]["ceiling_users"])
+    return "\n".join(["| target | measured | |", "|---|---|---|", *rows])
 
 
 def _setup(results: dict[str, Any]) -> str:
@@ -132,6 +140,27 @@ def _setup(results: dict[str, Any]) -> str:
         "the kernel's loopback network work comes on top. Run-to-run noise on this machine is about 10 %.",
     ]
     return " ".join(sentences)
+
+
+def _reproduce(results: dict[str, Any]) -> str:
+    o = results["options"]
+    flags = [
+        f"--users {' '.join(map(str, o['users']))}",
+        f"--seconds {o['seconds']:g}",
+        f"--batch-images {o['batch_size']}",
+        f"--batch-users {o['batch_users']}",
+        f"--soak-seconds {o['soak_seconds']:g}",
+    ]
+    if not o["retrain"]:
+        flags.append("--no-retrain")
+    train = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in results["model"]["train"].items())  # fmt: skip
+    return (
+        "In a mindtrace checkout, after `bash scripts/bootstrap.sh` and `source .venv/bin/activate`:\n\n"
+        f"```bash\nmindtrace bench serve --out benchmarks --markdown BENCHMARKS.md {' '.join(flags)}\n```\n\n"
+        f"The model was trained with `{train}`. `benchmarks/results.json` holds every figure; "
+        "the servers' and Locust's logs stay in `benchmarks/logs/`."
+    )
 
 
 def _find(runs: list[dict[str, Any]], server: str, scenario: str, users: int | None = None) -> dict | None:
@@ -276,6 +305,9 @@ def _charts(runs: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_xlabel("concurrent users")
         ax.set_ylabel(ylabel)
         ax.set_xscale("log", base=2)
+        ticks = sorted({r["users"] for r in single})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         if metric == "p99_ms":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)

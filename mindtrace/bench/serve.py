@@ -371,9 +371,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_benchmark(options: BenchOptions, config: TrainConfig, root: Path | None = None) -> dict[str, Any]:
-    """Run every measurement, write ``results.json``, the report and the charts into ``options.out``."""
-    from mindtrace.bench.report import write_report
-
+    """Run every measurement and write ``results.json`` into ``options.out`` (``write_report`` renders it)."""
     root = (root or Path.cwd()).resolve()
     if not (root / "service" / "app.py").is_file() or not (root / "load_tests" / "locustfile.py").is_file():
         raise FileNotFoundError(f"{root} holds no service/ and load_tests/: run this in a mindtrace checkout")
@@ -396,5 +394,4 @@ def run_benchmark(options: BenchOptions, config: TrainConfig, root: Path | None 
         "minutes": round((time.monotonic() - started) / 60, 1),
     }
     (bench.out / "results.json").write_text(json.dumps(results, indent=2))
-    write_report(results, bench.out)
     return results

@@ -132,8 +132,11 @@ def cmd_bench_formats(args: argparse.Namespace) -> int:
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mindtrace.bench.report import write_report
+    from rich.markdown import Markdown
+
+    from mindtrace.bench.report import targets_table, write_report
     from mindtrace.bench.serve import SERVERS, BenchOptions, run_benchmark
+    from mindtrace.utils import available_cores
 
     unknown = set(args.servers) - set(SERVERS)
     if unknown:
@@ -150,12 +153,13 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         batch_users=args.batch_users,
         retrain=not args.no_retrain,
         soak_seconds=args.soak_seconds,
-        workers=args.workers or BenchOptions(out=Path(args.out)).workers,
+        workers=args.workers or available_cores(),
     )
     results = run_benchmark(options, _train_config(args))
     report = write_report(
         results, options.out.resolve(), Path(args.markdown).resolve() if args.markdown else None
     )
+    console.print(Markdown(targets_table(results)))
     console.print(f"results: {options.out / 'results.json'}; report: {report}", highlight=False)
     return 0
 
