@@ -137,6 +137,8 @@ class Bench:
             "BENTOML_HOME": str(self.work / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "true",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            # `mlflow models serve` runs `uvicorn` from PATH: this environment's, activated or not.
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         self.config = Config(env={k: v for k, v in self.env.items() if k.startswith("MINDTRACE")})
         self.runs: list[Run] = []
