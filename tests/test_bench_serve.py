@@ -26,6 +26,8 @@ def test_bench_serve_measures_every_server_and_writes_the_report(tmp_path, real_
     env.update(
         MINDTRACE_HOME=str(tmp_path / "user-home"), MINDTRACE__DIR_PATHS__DATA=str(real_mnist_dir.parent)
     )
+    # As in CI: the environment is not activated, so its tools are not on PATH.
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN)
     out = tmp_path / "bench"
     command = [
         str(BIN / "mindtrace"), "bench", "serve", "--out", str(out), "--markdown", str(tmp_path / "BENCH.md"),
