@@ -87,7 +87,9 @@ class Predictor:
         """Run batches until the queue is empty; requests that arrive meanwhile make up the next batch."""
         try:
             while self._queue:
-                for _ in range(4):  # requests read in the same turn of the loop are still on their way in
+                # Yield at least once, so requests read while the last batch ran join this one; and again,
+                # up to four turns, while requests read in the same turn are still on their way in.
+                for _ in range(4):
                     queued = len(self._queue)
                     await asyncio.sleep(0)
                     if len(self._queue) == queued:
@@ -95,7 +97,6 @@ class Predictor:
                 batch = self._take_batch()
                 if batch:
                     self._run(batch)
-                await asyncio.sleep(0)  # let the requests read meanwhile queue up for the next batch
         finally:
             self._running = False
 

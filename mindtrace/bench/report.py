@@ -235,7 +235,7 @@ def _ceilings(runs: list[dict[str, Any]], users: int) -> list[str]:
         work = _find(runs, key, "single", users)
         rps = work["rps"] if work else 0
         share = f"{rps / r['rps']:.0%}" if r["rps"] and rps else "n/a"
-        flag = f" {SATURATED}" if r["loadgen_cpu"] >= 0.9 else ""
+        flag = f" {SATURATED}" if r["loadgen_bound"] else ""
         cells = [
             LABELS.get(key, key),
             f"{r['rps']:.0f}",
@@ -250,7 +250,7 @@ def _ceilings(runs: list[dict[str, Any]], users: int) -> list[str]:
 def _cell(r: dict[str, Any], column: str) -> str:
     acc = r.get("accuracy")
     same = r.get("same_as_offline")
-    flag = f" {SATURATED}" if r["loadgen_cpu"] >= 0.9 else ""
+    flag = f" {SATURATED}" if r["loadgen_bound"] else ""
     cells = {
         "server": LABELS.get(r["server"], r["server"]),
         "scenario": r["scenario"],

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from mindtrace.bench.digits import Digits, mnist_test_digits
+from mindtrace.bench.digits import mnist_test_digits
 from mindtrace.bench.process import Meter, free_port, running, tail
 from mindtrace.config import Config
 from mindtrace.train_config import TrainConfig
@@ -143,7 +143,6 @@ class Bench:
         self.config = Config(env={k: v for k, v in self.env.items() if k.startswith("MINDTRACE")})
         self.runs: list[Run] = []
         self.model: dict[str, Any] = {}
-        self.digits: Digits | None = None
         self.offline: np.ndarray | None = None
         self.server_pid = 0  # the server being measured: its process tree is metered
 
@@ -158,27 +157,32 @@ class Bench:
         argv = [str(BIN / "mindtrace"), "train", "--config", str(config_file), "--policy", "always", "--json"]
         summary = json.loads(self._cli(argv, "training"))
         imported = json.loads(self._cli([str(BIN / "mindtrace"), "registry", "import", "champion", "--json"]))
-        self.model = {**imported, "test_acc": summary["test_acc"], "train": body}
-        self.model["fit_seconds"] = summary.get("fit_seconds")
-        self.model["epochs"] = summary.get("epochs")
-
         from mindtrace.bench.rivals import save_pyfunc
         from mindtrace.predict import digit_pixels, probabilities
         from mindtrace.registry import Registry
+        from mindtrace.registry.artifacts import load_mlp
 
+        # One download of the version: the pyfunc wraps this folder, and the offline answers come from it.
         registry = Registry(config=self.config)
-        net, info = registry.load_module(None, imported["version"])
+        info = registry.get_version(None, imported["version"])
         folder = registry.download_model(info, self.work / "mlflow-model")
+        net = load_mlp(folder)
         save_pyfunc(folder, self.work / "pyfunc")
         save_pyfunc(None, self.work / "pyfunc-noop", noop=True)
-        self.digits = mnist_test_digits(self.options.digits, config=self.config)
-        pixels = np.stack([digit_pixels(t) for t in self.digits.texts])
-        self.offline = probabilities(net, pixels).argmax(axis=1)
-        self.model["offline_accuracy"] = float((self.offline == self.digits.labels).mean())
-        self.model["dim"] = net.dim
+        digits = mnist_test_digits(self.options.digits, config=self.config)
+        self.offline = probabilities(net, np.stack([digit_pixels(t) for t in digits.texts])).argmax(axis=1)
+        self.model = {
+            **imported,
+            "test_acc": summary["test_acc"],
+            "fit_seconds": summary.get("fit_seconds"),
+            "epochs": summary.get("epochs"),
+            "train": body,
+            "dim": net.dim,
+            "offline_accuracy": float((self.offline == digits.labels).mean()),
+        }
         console.print(
             f"version {info.version} ({self.model['tag']}): test accuracy {summary['test_acc']:.2%}, "
-            f"offline on the {len(self.digits)} benchmark digits {self.model['offline_accuracy']:.2%}"
+            f"offline on the {len(digits)} benchmark digits {self.model['offline_accuracy']:.2%}"
         )
 
     def _cli(self, argv: list[str], what: str = "") -> str:
@@ -241,7 +245,8 @@ class Bench:
             "--api", contender.api, "--batch-size", str(images), "--min-accuracy", "0",
             "--stop-timeout", "10", "Batch" if batch else "SingleImage",
         ]  # fmt: skip
-        log = open(self.logs / f"locust-{name}.log", "wb")  # noqa: SIM115 - closed below
+        log_path = self.logs / f"locust-{name}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work)
         with Meter(self.server_pid) as server, Meter(proc.pid) as loadgen:
             try:
@@ -253,7 +258,7 @@ class Bench:
         if not record:
             return None
         run = Run(contender.name, scenario, users, images, seconds)
-        self._read_stats(run, report, self.logs / f"locust-{name}.log")
+        self._read_stats(run, report, log_path)
         assert server.usage is not None and loadgen.usage is not None
         run.server_cpu, run.loadgen_cpu = server.usage.cpu_cores, loadgen.usage.cpu_cores
         run.server_rss_mb, run.rss_mb_first, run.rss_mb_last = (
@@ -392,7 +397,15 @@ def run_benchmark(options: BenchOptions, config: TrainConfig, root: Path | None 
         "machine": machine(),
         "model": bench.model,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
-        "runs": [{**asdict(r), "images_per_s": r.images_per_s, "error_pct": r.error_pct} for r in bench.runs],
+        "runs": [
+            {
+                **asdict(r),
+                "images_per_s": r.images_per_s,
+                "error_pct": r.error_pct,
+                "loadgen_bound": r.loadgen_bound,
+            }
+            for r in bench.runs
+        ],
         "minutes": round((time.monotonic() - started) / 60, 1),
     }
     (bench.out / "results.json").write_text(json.dumps(results, indent=2))
