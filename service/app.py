@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from mindtrace.config import Config
 from mindtrace.images import ImageLimits, ImageRejected
 from mindtrace.jobs import JobState, JobStore
-from mindtrace.predict import digit_pixels
+from mindtrace.predict import batch_pixels, digit_pixels
 from mindtrace.registry import Registry
 from mindtrace.registry.errors import RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent
@@ -109,10 +109,11 @@ class Mindtrace:
         ],
     ) -> BatchResponse:
         """Classify 1 to 1024 images in one request; one bad image refuses the request and names its index."""
-        decoded = self._decode_all(images)
-        if isinstance(decoded, JSONResponse):
-            return decoded
-        answer = await self._predict(decoded)
+        try:
+            pixels = batch_pixels(images, self.limits)
+        except ImageRejected as exc:
+            return _error(exc.status, str(exc))
+        answer = await self._predict(pixels)
         if isinstance(answer, JSONResponse):
             return answer
         probs, model = answer
@@ -123,15 +124,6 @@ class Mindtrace:
         ]
         body = {"predictions": predictions, "model": model.model_dump()}
         return Response(json.dumps(body), media_type="application/json")
-
-    def _decode_all(self, images: list[str]) -> np.ndarray | JSONResponse:
-        pixels = np.empty((len(images), 28, 28), dtype=np.uint8)
-        for i, image in enumerate(images):
-            try:
-                pixels[i] = digit_pixels(image, self.limits)
-            except ImageRejected as exc:
-                return _error(exc.status, f"images[{i}]: {exc}")
-        return pixels
 
     async def _predict(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef] | JSONResponse:
         try:

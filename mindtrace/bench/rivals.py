@@ -1,6 +1,6 @@
 """The servers mindtrace is measured against, doing the same work per request.
 
-Each takes base64 PNG text, decodes and preprocesses it with ``mindtrace.predict.digit_pixels`` and runs the
+Each takes base64 PNG text, decodes and preprocesses it with ``mindtrace.predict.batch_pixels`` and runs the
 same registered model version with ``mindtrace.predict.probabilities``, as the service does:
 
 - ``fastapi_app``: a plain FastAPI + uvicorn app with the service's request and response bodies (the design
@@ -32,7 +32,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from mindtrace.images import ImageRejected
-from mindtrace.predict import digit_pixels, probabilities
+from mindtrace.predict import batch_pixels, probabilities
 
 FIXED = {"label": 0, "probabilities": [1.0] + [0.0] * 9}
 
@@ -87,7 +87,7 @@ async def inference_batch(body: ImagesIn) -> dict[str, Any]:
 
 def _pixels(texts: list[str]) -> np.ndarray:
     try:
-        return np.stack([digit_pixels(t) for t in texts])
+        return batch_pixels(texts)
     except ImageRejected as exc:
         raise HTTPException(exc.status, str(exc)) from None
 
@@ -102,7 +102,7 @@ class PyfuncClassifier(mlflow.pyfunc.PythonModel):
         self.net = load_mlp(context.artifacts["model"])
 
     def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list:
-        probs = probabilities(self.net, np.stack([digit_pixels(t) for t in model_input]))
+        probs = probabilities(self.net, batch_pixels(model_input))
         return [{"label": int(p.argmax()), "probabilities": p.tolist()} for p in probs]
 
 

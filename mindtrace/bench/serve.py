@@ -158,7 +158,7 @@ class Bench:
         summary = json.loads(self._cli(argv, "training"))
         imported = json.loads(self._cli([str(BIN / "mindtrace"), "registry", "import", "champion", "--json"]))
         from mindtrace.bench.rivals import save_pyfunc
-        from mindtrace.predict import digit_pixels, probabilities
+        from mindtrace.predict import batch_pixels, probabilities
         from mindtrace.registry import Registry
         from mindtrace.registry.artifacts import load_mlp
 
@@ -170,7 +170,7 @@ class Bench:
         save_pyfunc(folder, self.work / "pyfunc")
         save_pyfunc(None, self.work / "pyfunc-noop", noop=True)
         digits = mnist_test_digits(self.options.digits, config=self.config)
-        self.offline = probabilities(net, np.stack([digit_pixels(t) for t in digits.texts])).argmax(axis=1)
+        self.offline = probabilities(net, batch_pixels(digits.texts)).argmax(axis=1)
         self.model = {
             **imported,
             "test_acc": summary["test_acc"],
