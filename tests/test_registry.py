@@ -7,8 +7,10 @@ their models into registered models of their own, so that no test depends on ano
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import bentoml
@@ -16,8 +18,12 @@ import mlflow.pyfunc
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import requests
 import torch
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.protos.databricks_pb2 import ErrorCode
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
 from mindtrace import Config
 from mindtrace.registry import (
@@ -31,8 +37,13 @@ from mindtrace.registry import (
     load_bento_mlp,
     review,
 )
+from mindtrace.registry.aliases import check_alias, rollback_target
 from mindtrace.registry.bento import WEIGHTS_FILE
+from mindtrace.registry.errors import ERROR_CODES
+from mindtrace.registry.filters import field_value, order, parse_condition, parse_order, sort_key
 from mindtrace.registry.gate import decide
+from mindtrace.registry.mlflow_errors import mlflow_errors
+from mindtrace.registry.schemas import AliasEvent, VersionInfo
 from mindtrace.train import train
 from mindtrace.train_config import PromotionPolicy, TrainConfig
 
@@ -426,3 +437,191 @@ def test_the_embedded_store_is_created_on_first_use(_isolated_home):
     assert registry.list_models() == []
     assert (_isolated_home / "mlflow" / "mlflow.db").is_file()
     assert isinstance(registry.client, MlflowClient)
+
+
+# --- the parts, without training ----------------------------------------------------------------------------
+
+
+def _version(number: str, aliases: tuple[str, ...] = (), **fields) -> VersionInfo:
+    now = datetime.now(timezone.utc)
+    return VersionInfo(
+        name="m", version=number, aliases=list(aliases), status="READY", created_at=now, updated_at=now,
+        tags=fields.pop("tags", {}), run_id=None, **fields,
+    )  # fmt: skip
+
+
+def test_the_filter_language():
+    versions = [
+        _version("1", metrics={"test_acc": 0.91}, params={"data.seed": "1"}),
+        _version("2", ("challenger",), metrics={"test_acc": 0.99}, tags={"mindtrace.gate.decision": "no"}),
+        _version("10", ("champion", "stable"), metrics={"test_acc": 0.985}),
+        _version("3"),  # a run that logged no metrics
+    ]
+
+    def select(*where: str, order_by: str | None = None) -> list[str]:
+        conditions = [parse_condition(w) for w in where]
+        chosen = [v for v in versions if all(c(v) for c in conditions)]
+        return [v.version for v in order(chosen, *parse_order(order_by))]
+
+    assert select() == ["10", "3", "2", "1"]  # newest first, version numbers as numbers
+    assert select(order_by="version asc") == ["1", "2", "3", "10"]
+    assert select(order_by="metrics.test_acc desc") == ["2", "10", "1", "3"]  # missing values last...
+    assert select(order_by="metrics.test_acc asc") == ["1", "10", "2", "3"]  # ...either way
+    assert select("metrics.test_acc >= 0.985") == ["10", "2"]
+    assert select("metrics.test_acc>0.9", "version<10") == ["2", "1"]
+    assert select("alias = champion") == select("alias == stable") == ["10"]
+    assert select("alias != champion") == ["3", "2", "1"]
+    assert select("alias > champion") == []  # aliases compare for (in)equality only
+    assert select("params.data.seed = '1'") == ["1"]  # quotes around a value are dropped
+    assert select("tags.mindtrace.gate.decision=no") == ["2"]
+    assert select("status = READY") == ["10", "3", "2", "1"]
+    assert select("metrics.no_such_metric > 0") == []
+    for bad in ("test_acc > 1", "metrics. > 1", "metrics.test_acc ~ 1", "nonsense", ""):
+        with pytest.raises(InvalidQueryError):
+            parse_condition(bad)
+    for bad in ("version sideways", "version asc again", "accuracy desc"):
+        with pytest.raises(InvalidQueryError):
+            parse_order(bad)
+    assert field_value(versions[2], "created_at") == versions[2].created_at.isoformat()
+    assert sort_key("9") < sort_key("10") < sort_key("abc")
+
+
+def test_the_filter_language_and_the_errors_import_without_mlflow():
+    # The CLI imports the errors at startup; MLflow takes seconds to import.
+    code = "import sys, mindtrace.registry.errors, mindtrace.registry.filters; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("RESOURCE_DOES_NOT_EXIST", NotFoundError),
+        ("NOT_FOUND", NotFoundError),
+        ("INVALID_PARAMETER_VALUE", InvalidQueryError),
+        ("BAD_REQUEST", InvalidQueryError),
+        ("TEMPORARILY_UNAVAILABLE", RegistryUnavailableError),
+        ("DEADLINE_EXCEEDED", RegistryUnavailableError),
+        ("ENDPOINT_NOT_FOUND", RegistryUnavailableError),
+        ("UNAUTHENTICATED", RegistryUnavailableError),
+        ("RESOURCE_ALREADY_EXISTS", RegistryError),
+        ("INTERNAL_ERROR", RegistryError),
+    ],
+)
+def test_mlflow_error_codes_map_to_registry_errors(code, kind):
+    # The message says "not found" every time: only the code decides.
+    said = "Model Version (name=m, version=9) not found"
+    served = RestException({"error_code": code, "message": said})  # as a tracking server answers
+    embedded = MlflowException(said, error_code=ErrorCode.Value(code))  # as the SQLite store raises
+    for exc in (served, embedded):
+        with pytest.raises(RegistryError) as caught, mlflow_errors("model 'm' has no version 9"):
+            raise exc
+        assert type(caught.value) is kind
+        if kind is NotFoundError:
+            assert str(caught.value) == "model 'm' has no version 9"
+        elif kind is RegistryUnavailableError:
+            assert str(caught.value) == f"the registry cannot be reached: {exc}"
+        else:
+            assert str(caught.value) == str(exc)
+
+
+def test_the_error_table_names_real_mlflow_codes():
+    assert set(ERROR_CODES) <= set(ErrorCode.keys())
+
+
+def test_a_failed_connection_is_unavailable_though_mlflow_calls_it_an_internal_error():
+    # What mlflow/utils/rest_utils.py does when requests gives up: a refused connection or a read timeout
+    # (``except Exception``) and a connect timeout (``from``), all with the code INTERNAL_ERROR.
+    def refused():
+        try:
+            raise requests.exceptions.ConnectionError("Max retries exceeded")
+        except Exception as e:
+            raise MlflowException(f"API request to http://127.0.0.1:1/api failed with exception {e}")  # noqa: B904
+
+    def timed_out():
+        raise MlflowException("API request failed with timeout exception") from requests.exceptions.Timeout()
+
+    for fail in (refused, timed_out):
+        with pytest.raises(RegistryUnavailableError, match="cannot be reached"), mlflow_errors("gone"):
+            fail()
+    with pytest.raises(RegistryUnavailableError, match="cannot be reached"), mlflow_errors("gone"):
+        raise ConnectionRefusedError("a database file behind a dead mount")
+    with pytest.raises(RegistryError) as caught, mlflow_errors("gone"):
+        raise MlflowException("API request to http://127.0.0.1:1/api failed")  # the server's own failure
+    assert type(caught.value) is RegistryError
+
+
+ACCEPTED_ALIASES = ("champion", "challenger-2", "_staging", "Prod_v2", "a" * 255)
+REFUSED_ALIASES = ("latest", "Latest", "v3", "V12", "42", "3a", "-x", "", "a b", "a/b", "ok\n", "a" * 256)
+
+
+@pytest.mark.parametrize("alias", ACCEPTED_ALIASES + REFUSED_ALIASES)
+def test_alias_names_are_checked_at_least_as_strictly_as_mlflow(alias):
+    try:
+        check_alias(alias)
+    except InvalidQueryError:
+        assert alias not in ACCEPTED_ALIASES
+    else:
+        assert alias in ACCEPTED_ALIASES
+        _validate_model_alias_name(alias)  # MLflow takes it too
+        _validate_model_alias_name_reserved(alias)
+
+
+def test_rollback_replays_the_alias_log_as_a_stack():
+    log: list[AliasEvent] = []
+    current, targets = None, []
+
+    def move(action: str, version: str | None) -> None:
+        nonlocal current
+        now = datetime.now(timezone.utc)
+        log.append(AliasEvent(alias="champion", version=version, previous=current, action=action, at=now))
+        current = version
+
+    for version in ("1", "2", "3", "4"):
+        move("set", version)
+    for step in ("rollback", "rollback", "4", "rollback", "rollback", "rollback"):
+        if step != "rollback":
+            move("set", step)
+            continue
+        targets.append(rollback_target(log))
+        if targets[-1] is not None:
+            move("rollback", targets[-1])
+    assert targets == ["3", "2", "2", "1", None]
+
+
+def test_the_embedded_store_raises_the_codes_the_registry_expects():
+    registry = Registry()
+    client = registry.client
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", "file:///nowhere/model")  # no run: nothing to train
+
+    def code(call) -> str:
+        with pytest.raises(MlflowException) as caught:
+            call()
+        return caught.value.error_code
+
+    assert code(lambda: client.get_registered_model("nope")) == "RESOURCE_DOES_NOT_EXIST"
+    assert code(lambda: client.get_model_version("m", "42")) == "RESOURCE_DOES_NOT_EXIST"
+    assert code(lambda: client.get_model_version_by_alias("m", "staging")) == "INVALID_PARAMETER_VALUE"
+    assert code(lambda: client.set_registered_model_alias("m", "latest", "1")) == "INVALID_PARAMETER_VALUE"
+
+    with pytest.raises(NotFoundError, match="no registered model named 'nope'; registered models: m"):
+        registry.get_version("nope", "1")
+    with pytest.raises(NotFoundError, match="has no version 42; versions: 1, 2; aliases: none"):
+        registry.get_version("m", 42)
+    with pytest.raises(NotFoundError, match="has no alias 'staging'"):
+        registry.get_version("m", "staging")
+    with pytest.raises(InvalidQueryError, match="invalid alias"):
+        registry.set_alias("m", "v2", "2")
+
+    registry.set_alias("m", "champion", "1")
+    registry.set_alias("m", "champion", 2, reason="better")
+    assert registry.alias_target("m") == "2" and registry.get_version("m").aliases == ["champion"]
+    registry.remove_alias("m", "champion")
+    assert registry.alias_target("m") is None
+    assert registry.rollback("m").version == "2"
+    assert [(e.action, e.version) for e in registry.alias_history("m")] == [
+        ("set", "1"), ("set", "2"), ("remove", None), ("rollback", "2"),
+    ]  # fmt: skip
+    assert registry.list_models()[0].tags == {}  # the log stays out of listings
