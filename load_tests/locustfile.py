@@ -30,7 +30,7 @@ import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
 
-from mindtrace.bench.digits import Digits, mnist_test_digits
+from mindtrace.data.digits import Digits, mnist_test_digits
 
 DIGITS: Digits | None = None
 _next_digit = itertools.count()

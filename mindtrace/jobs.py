@@ -214,6 +214,12 @@ def run_job(folder: Path) -> int:
 
     try:
         summary = train_and_register(request, callbacks=[Progress()], progress=False)
+        if summary.get("promoted"):
+            # The service swaps in a new champion once it is in the BentoML store; importing it here, where
+            # torch is loaded already, spares every worker the import (DESIGN.md, "Hot-swap").
+            from mindtrace.registry import import_version
+
+            import_version(summary["registered_version"], summary["registered_model"])
     except BaseException as exc:
         traceback.print_exc()
         store.update(job_id, **_failure(f"{type(exc).__name__}: {exc}"))

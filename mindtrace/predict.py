@@ -1,27 +1,21 @@
-"""The prediction step: base64 image text to model input, and model input to probabilities.
+"""The first half of a prediction: base64 image text to the uint8 pixels every model runtime takes.
 
 The service, and the rival servers it is benchmarked against, all call these functions, so every server
-does the same work per image and gives the same answers.
+does the same work per image. No torch here: serving runs the model with ONNX Runtime (``mindtrace.runtime``).
 
 >>> from mindtrace.images import EXAMPLE_IMAGE
->>> from mindtrace.models import MLPNet
->>> pixels = digit_pixels(EXAMPLE_IMAGE)[None]
->>> probabilities(MLPNet([784, 16, 10]).eval(), pixels).shape
-(1, 10)
+>>> digit_pixels(EXAMPLE_IMAGE).shape
+(28, 28)
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from mindtrace.images import ImageLimits, ImageRejected, decode_image
-from mindtrace.models import MLPNet
-from mindtrace.preprocess import normalize, to_mnist_pixels
+from mindtrace.preprocess import to_mnist_pixels
 
 DEFAULT_LIMITS = ImageLimits()
-# Images per forward pass: bounds the memory of one call however many images it is given.
-CHUNK = 4096
 
 
 def digit_pixels(text: str, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
@@ -52,13 +46,3 @@ def batch_pixels(texts: list[str], limits: ImageLimits = DEFAULT_LIMITS) -> np.n
         except ImageRejected as exc:
             raise ImageRejected(f"images[{i}]: {exc}", exc.status) from None
     return pixels
-
-
-def probabilities(net: MLPNet, pixels: np.ndarray) -> np.ndarray:
-    """Class probabilities ``[n, 10]`` (float32) for uint8 pixels ``[n, 28, 28]``."""
-    with torch.inference_mode():
-        parts = [
-            torch.softmax(net(normalize(torch.from_numpy(pixels[i : i + CHUNK]))), dim=1)
-            for i in range(0, len(pixels), CHUNK)
-        ]
-    return torch.cat(parts).numpy()

@@ -16,9 +16,13 @@ gives the very tensor the model was trained on.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:  # torch only where a tensor is made: serving turns images into pixels without it
+    import torch
 
 SIZE = 28
 FIT = 20
@@ -31,6 +35,7 @@ SPEC = {"size": SIZE, "fit": FIT, "mean": MEAN, "std": STD, "polarity": "white-o
 def normalize(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels ``[..., 28, 28]`` to the float tensor the model takes.
 
+    >>> import torch
     >>> round(normalize(torch.zeros(1, 28, 28, dtype=torch.uint8))[0, 0, 0].item(), 4)
     -0.4242
     """
@@ -59,6 +64,8 @@ def preprocess(img: Image.Image) -> torch.Tensor:
     >>> preprocess(Image.new("L", (28, 28))).shape
     torch.Size([1, 28, 28])
     """
+    import torch
+
     return normalize(torch.from_numpy(to_mnist_pixels(img))).unsqueeze(0)
 
 

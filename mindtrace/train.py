@@ -25,7 +25,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressB
 
 from mindtrace.config import Config
 from mindtrace.data import MNIST
-from mindtrace.models import MLP
+from mindtrace.models.mlp import MLP
+from mindtrace.models.net import load_checkpoint
 from mindtrace.train_config import PromotionPolicy, TrainConfig, TrainRequest
 from mindtrace.utils import available_cores, epoch_metrics, ifnone
 
@@ -104,8 +105,9 @@ def train(
     fit_seconds = time.perf_counter() - t0
     metrics = epoch_metrics(trainer.callback_metrics)
     ckpt = checkpoint.best_model_path or None
-    # The checkpoint was written by this very run a moment ago, so loading its full pickle is safe.
-    test_metrics = trainer.test(model, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=False)[0]
+    if ckpt:  # test, and return, the best weights rather than the last
+        model.net.load_state_dict(load_checkpoint(ckpt, config.dim).state_dict())
+    test_metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
 
     metrics.update(epoch_metrics(test_metrics))
     metrics.update(

@@ -4,9 +4,19 @@
 - ``model``: the served model, adaptive batching, hot-swap;
 - ``control``: retraining jobs and registry routes;
 - ``guard``: tokens, body limit, one JSON error format;
-- ``schemas`` and ``metrics``: the IO types and the Prometheus metrics.
+- ``settings``, ``schemas`` and ``metrics``: the configuration, the IO types and the Prometheus metrics.
+
+``svc`` loads ``app`` on first use, so importing one part (``service.model`` in a test) boots nothing.
 """
 
-from service.app import Mindtrace, svc
+from typing import Any
 
 __all__ = ["Mindtrace", "svc"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from service import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

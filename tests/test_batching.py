@@ -4,36 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
-from mindtrace.models import MLPNet
-from mindtrace.predict import probabilities
-from service.model import NotServing, Overloaded, Predictor, Served
+from mindtrace.models.net import MLPNet, probabilities
+from service.batching import NotServing, Overloaded, Predictor, Served
 
 
-def _served(seed: int = 0) -> Served:
+def _classifier(seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     torch.manual_seed(seed)
-    return Served(MLPNet([784, 16, 10]).eval(), "mnist-mlp", "1", "mnist-mlp:v1-test", time.time())
+    net = MLPNet([784, 16, 10]).eval()
+    return lambda pixels: probabilities(net, pixels)
+
+
+def _served(classify: Callable[[np.ndarray], np.ndarray]) -> Served:
+    return Served(classify, "mnist-mlp", "1", "mnist-mlp:v1-test", time.time())
 
 
 def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
 
 
-def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(monkeypatch):
+def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer():
     predictor = Predictor(max_requests=8, max_latency_ms=10_000)
-    predictor.current = _served()
     calls: list[int] = []
-    real = probabilities
+    real = _classifier()
 
-    def counted(net, pixels):
+    def counted(pixels):
         calls.append(len(pixels))
-        return real(net, pixels)
+        return real(pixels)
 
-    monkeypatch.setattr("service.model.probabilities", counted)
+    predictor.current = _served(counted)
     requests = [_images(1 + i % 3, seed=i) for i in range(40)]  # 1 to 3 images each
 
     async def main():
@@ -42,22 +46,21 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(monk
     answers = asyncio.run(main())
     for pixels, (probs, served) in zip(requests, answers, strict=True):
         assert served.version == "1"
-        np.testing.assert_allclose(probs, real(predictor.current.net, pixels), atol=1e-6)
+        np.testing.assert_allclose(probs, real(pixels), atol=1e-6)
     assert sum(calls) == sum(len(p) for p in requests)
     assert len(calls) < len(requests)  # requests were batched together
     assert max(calls) <= 8 * 3  # at most 8 requests per model call
 
 
-def test_a_request_that_waited_past_the_budget_is_refused_and_the_rest_go_on(monkeypatch):
+def test_a_request_that_waited_past_the_budget_is_refused_and_the_rest_go_on():
     predictor = Predictor(max_requests=1, max_latency_ms=50)
-    predictor.current = _served()
-    real = probabilities
+    real = _classifier()
 
-    def slow(net, pixels):
+    def slow(pixels):
         time.sleep(0.08)  # longer than the budget: whoever queues behind this call waits too long
-        return real(net, pixels)
+        return real(pixels)
 
-    monkeypatch.setattr("service.model.probabilities", slow)
+    predictor.current = _served(slow)
 
     async def main():
         return await asyncio.gather(

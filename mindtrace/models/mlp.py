@@ -1,4 +1,4 @@
-"""The MLP classifier of 28x28 digits: a plain ``nn.Module`` and the LightningModule that trains it."""
+"""The LightningModule that trains the MLP classifier of 28x28 digits (the network itself: ``net.py``)."""
 
 from __future__ import annotations
 
@@ -6,35 +6,10 @@ from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from mindtrace.models.net import MLPNet
 from mindtrace.train_config import DEFAULT_DIM, DEFAULT_DROPOUT, DEFAULT_LEARNING_RATE, DEFAULT_WEIGHT_DECAY
-
-
-class MLPNet(nn.Module):
-    """Linear layers with ReLU and dropout between them; takes ``[B, 1, 28, 28]`` or ``[B, 784]``.
-
-    >>> MLPNet([784, 32, 10])(torch.zeros(2, 1, 28, 28)).shape
-    torch.Size([2, 10])
-    """
-
-    def __init__(self, dim: Sequence[int] = DEFAULT_DIM, dropout: float = DEFAULT_DROPOUT):
-        super().__init__()
-        if len(dim) < 2 or any(d < 1 for d in dim):
-            raise ValueError(f"dim needs an input and an output size, all positive; got {list(dim)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {dropout}")
-        self.dim = list(dim)  # kept so that a saved model can be rebuilt from its weights
-        layers: list[nn.Module] = [nn.Flatten()]
-        for i, (d_in, d_out) in enumerate(zip(dim[:-1], dim[1:], strict=True)):
-            layers.append(nn.Linear(d_in, d_out))
-            if i < len(dim) - 2:
-                layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
 
 
 class MLP(pl.LightningModule):

@@ -6,7 +6,7 @@ pickled code. The MLP's layer sizes travel in the MLmodel metadata, so mindtrace
 ``MLPNet`` from the exported weights: the fastest module to serve, and the same numbers.
 
 >>> import tempfile, torch
->>> from mindtrace.models import MLPNet
+>>> from mindtrace.models.net import MLPNet, rebuild
 >>> net, path = MLPNet([784, 16, 10]), Path(tempfile.mkdtemp()) / "model"
 >>> save_mlflow_model(net, path, torch.zeros(2, 1, 28, 28))   # doctest: +SKIP
 >>> torch.equal(load_mlp(path)(torch.ones(1, 784)), net.eval()(torch.ones(1, 784)))   # doctest: +SKIP
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import mindtrace
-from mindtrace.models import MLPNet
+from mindtrace.models.net import MLPNet, rebuild
 from mindtrace.preprocess import SPEC
 
 # Where a run keeps each artifact, relative to its artifact root.
@@ -83,7 +83,4 @@ def load_mlp(path: str | Path) -> MLPNet:
             f"{path} is not a mindtrace MLP saved in the pt2 format (no layer sizes or no .pt2 file)"
         )
     # torch.export archives hold a graph and raw tensors; loading one runs no pickled code.
-    state = torch.export.load(str(weights[0])).state_dict
-    net = MLPNet(meta["dim"])
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+    return rebuild(torch.export.load(str(weights[0])).state_dict, meta["dim"])

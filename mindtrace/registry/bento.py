@@ -1,15 +1,20 @@
 """Import a registered MLflow model version into the BentoML model store, and load it back for serving.
 
-The BentoML model holds the MLP's weights as a plain ``state_dict`` (read back with ``weights_only=True``, so
-loading runs no pickled code), its layer sizes, and in labels and metadata the MLflow name, version and run
-id, the test metrics, the training parameters and the preprocessing spec. Its tag is derived from the
-registered version and its run, so importing the same version twice finds the first import instead of
-making a copy. DESIGN.md explains why this beats ``bentoml.mlflow.import_model`` for serving.
+The BentoML model holds two files: the MLP's weights as a plain ``state_dict`` (read back with
+``weights_only=True``, so loading runs no pickled code), and the serving graph exported to ONNX (uint8 pixels
+in, probabilities out). The ONNX graph may enter the store only after its outputs equal PyTorch's to 1e-5 on
+1,000 real MNIST test digits. Labels and metadata hold the MLflow name, version and run id, the test metrics,
+the training parameters, the preprocessing spec, both files' sha256 and that check's figures. The tag is
+derived from the registered version and its run, so importing the same version twice finds the first import.
+DESIGN.md explains why this beats ``bentoml.mlflow.import_model`` for serving.
+
+Importing needs PyTorch (to read the MLflow model and export it); loading for serving (``load_classifier``)
+needs only ONNX Runtime, so the service's workers never import torch.
 
 >>> result = import_version("champion")                 # doctest: +SKIP
 >>> result.tag, result.created                          # doctest: +SKIP
 ('mnist-mlp:v3-1f2e3d4c', True)
->>> net, model = load_bento_mlp(result.tag)             # doctest: +SKIP
+>>> classify, model = load_classifier(result.tag)       # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,19 +24,27 @@ import io
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import torch
+import numpy as np
 from pydantic import BaseModel
 
 from mindtrace.config import Config
-from mindtrace.models import MLPNet
 from mindtrace.preprocess import SPEC
 from mindtrace.registry.query import Registry
 from mindtrace.registry.schemas import VersionInfo
 from mindtrace.utils import exclusive_lock, ifnone
 
+if TYPE_CHECKING:
+    from mindtrace.models.net import MLPNet
+    from mindtrace.runtime import OnnxClassifier
+
 WEIGHTS_FILE = "weights.pt"
+ONNX_FILE = "model.onnx"
+# The ONNX graph must give PyTorch's probabilities to within this, on this many real test digits.
+RUNTIME_TOLERANCE = 1e-5
+RUNTIME_CHECK_DIGITS = 1000
 
 
 class BentoImport(BaseModel):
@@ -76,8 +89,9 @@ def import_version(
 ) -> BentoImport:
     """Save registered version ``ref`` (number or alias) of ``name`` into the BentoML store, once.
 
-    A store entry that is already there and intact is returned as it is (``created=False``); one whose weights
-    do not match their recorded digest (a crash mid-copy) is replaced. Concurrent imports wait for each other.
+    A store entry that is already there and intact is returned as it is (``created=False``); one whose files
+    do not match their digests (a crash mid-copy) or that has no ONNX graph (an older import) is replaced.
+    Concurrent imports wait for each other. Raises ValueError when the exported graph fails its check.
     """
     import bentoml
     from bentoml.exceptions import NotFound
@@ -93,15 +107,13 @@ def import_version(
             existing = None
         if existing is not None:
             try:
-                load_bento_mlp(existing)
+                _files(existing)
                 return _result(tag, False, info, existing.path)
             except ValueError:
-                bentoml.models.delete(tag)  # damaged: import it again
+                bentoml.models.delete(tag)  # damaged, or from before the ONNX graph: import it again
 
         net, info = registry.load_module(info.name, info.version)
-        buffer = io.BytesIO()
-        torch.save(net.state_dict(), buffer)
-        weights = buffer.getvalue()
+        weights, graph, check = _serving_files(net, registry.config, f"version {info.version} of {info.name}")
         labels = {
             "source": "mindtrace",
             "mlflow-model": tag.split(":")[0],
@@ -122,32 +134,85 @@ def import_version(
             "preprocessing": SPEC,
             "dim": net.dim,
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
+            "onnx_sha256": hashlib.sha256(graph).hexdigest(),
+            "runtime_check": check,
             "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         # BentoML builds the entry in a temporary folder and moves it into the store only on success.
         with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
             Path(model.path_of(WEIGHTS_FILE)).write_bytes(weights)
+            Path(model.path_of(ONNX_FILE)).write_bytes(graph)
         return _result(tag, True, info, bentoml.models.get(tag).path)
 
 
-def load_bento_mlp(model_or_tag) -> tuple[MLPNet, object]:
-    """The eval-mode ``MLPNet`` of a BentoML model made by :func:`import_version`, and the model.
+def _serving_files(net: MLPNet, config: Config, what: str) -> tuple[bytes, bytes, dict[str, Any]]:
+    """The weights and the ONNX graph of ``net``, once the graph is shown to compute what ``net`` computes."""
+    import torch
 
-    Raises ValueError when the entry is not such a model or its weights do not match their digest.
+    from mindtrace.data.digits import mnist_test_pixels
+    from mindtrace.models.net import onnx_bytes, probabilities
+    from mindtrace.runtime import OnnxClassifier
+
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    graph = onnx_bytes(net)
+    pixels, _ = mnist_test_pixels(RUNTIME_CHECK_DIGITS, config=config)
+    expected, served = probabilities(net, pixels), OnnxClassifier(graph)(pixels)
+    worst = float(np.abs(expected - served).max())
+    if not worst <= RUNTIME_TOLERANCE:  # NaN fails too
+        raise ValueError(
+            f"the ONNX graph of {what} differs from the PyTorch model by {worst:.2e} on {len(pixels)} MNIST "
+            f"test digits (tolerance {RUNTIME_TOLERANCE:g}); it was not imported"
+        )
+    same_labels = int((expected.argmax(1) == served.argmax(1)).sum())
+    return (
+        buffer.getvalue(),
+        graph,
+        {"digits": len(pixels), "max_abs_diff": worst, "same_labels": same_labels},
+    )
+
+
+def load_classifier(model_or_tag: Any) -> tuple[OnnxClassifier, Any]:
+    """The ONNX Runtime classifier of a BentoML model made by :func:`import_version`, and the model.
+
+    What the service serves; no PyTorch is imported. Raises ValueError when the entry is not such a model
+    or a file does not match its recorded digest.
     """
+    from mindtrace.runtime import OnnxClassifier
+
+    model, files = _files(model_or_tag)
+    return OnnxClassifier(files[ONNX_FILE]), model
+
+
+def load_bento_mlp(model_or_tag: Any) -> tuple[MLPNet, Any]:
+    """The eval-mode PyTorch ``MLPNet`` of a BentoML model made by :func:`import_version`, and the model.
+
+    Raises ValueError when the entry is not such a model or a file does not match its recorded digest.
+    """
+    import torch
+
+    from mindtrace.models.net import rebuild
+
+    model, files = _files(model_or_tag)
+    state = torch.load(io.BytesIO(files[WEIGHTS_FILE]), map_location="cpu", weights_only=True)
+    return rebuild(state, model.info.metadata["dim"]), model
+
+
+def _files(model_or_tag: Any) -> tuple[Any, dict[str, bytes]]:
+    """A store entry and its two files' bytes, each checked against the sha256 recorded at import."""
     import bentoml
 
     model = bentoml.models.get(model_or_tag) if isinstance(model_or_tag, str) else model_or_tag
     metadata = model.info.metadata
-    path = Path(model.path_of(WEIGHTS_FILE))
-    if "dim" not in metadata or "weights_sha256" not in metadata or not path.is_file():
-        raise ValueError(f"{model.tag} is not a mindtrace MLP (no layer sizes, digest or weights file)")
-    weights = path.read_bytes()
-    if hashlib.sha256(weights).hexdigest() != metadata["weights_sha256"]:
-        raise ValueError(f"{model.tag} is damaged: its weights do not match their recorded sha256")
-    net = MLPNet(metadata["dim"])
-    net.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
-    return net.eval(), model
+    files = {}
+    for name, key in ((WEIGHTS_FILE, "weights_sha256"), (ONNX_FILE, "onnx_sha256")):
+        path = Path(model.path_of(name))
+        if "dim" not in metadata or key not in metadata or not path.is_file():
+            raise ValueError(f"{model.tag} is not a mindtrace model: {name} or its digest is missing")
+        files[name] = path.read_bytes()
+        if hashlib.sha256(files[name]).hexdigest() != metadata[key]:
+            raise ValueError(f"{model.tag} is damaged: its {name} does not match its recorded sha256")
+    return model, files
 
 
 def _result(tag: str, created: bool, info: VersionInfo, path: str) -> BentoImport:

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 import mindtrace
 from mindtrace.config import Config
 from mindtrace.evaluate import Evaluation, confusion_matrix_png, evaluate
-from mindtrace.models import MLP, MLPNet
+from mindtrace.models.mlp import MLP
+from mindtrace.models.net import MLPNet, load_checkpoint
 from mindtrace.registry.artifacts import (
     CHECKPOINT_PATH,
     DATA_PATH,
@@ -283,8 +283,4 @@ def _best_net(trainer: pl.Trainer, pl_module: MLP) -> tuple[MLPNet, str]:
     path = _best_checkpoint(trainer)
     if path is None:
         return pl_module.net, "final weights"
-    # This run wrote the checkpoint moments ago; Lightning checkpoints need full unpickling.
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    net = MLPNet(pl_module.net.dim)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    return net, f"best checkpoint {Path(path).name}"
+    return load_checkpoint(path, pl_module.net.dim), f"best checkpoint {Path(path).name}"

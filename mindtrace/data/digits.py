@@ -33,10 +33,11 @@ class Digits:
         return len(self.texts)
 
 
-def mnist_test_digits(
+def mnist_test_pixels(
     n: int = 1000, data_dir: str | Path | None = None, config: Config | None = None, progress: bool = False
-) -> Digits:
-    """The first ``n`` MNIST test digits (at most 10,000), fetching the MNIST cache first if it is empty."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` MNIST test digits (at most 10,000) as uint8 pixels ``[n, 28, 28]`` and int64 labels,
+    fetching the MNIST cache first if it is empty."""
     if not 1 <= n <= 10_000:
         raise ValueError(f"n must be between 1 and 10,000 test digits; got {n}")
     config = config or Config()
@@ -44,5 +45,12 @@ def mnist_test_digits(
     data_dir = Path(data_dir) if data_dir else config["DIR_PATHS"].getpath("DATA") / "mnist"
     ensure_mnist(data_dir, spec, progress)
     _, _, test_x, test_y = load_mnist_arrays(data_dir, spec)
-    pixels = test_x[:n]
-    return Digits([pil_to_ascii(Image.fromarray(p)) for p in pixels], test_y[:n].astype(np.int64), pixels)
+    return test_x[:n], test_y[:n].astype(np.int64)
+
+
+def mnist_test_digits(
+    n: int = 1000, data_dir: str | Path | None = None, config: Config | None = None, progress: bool = False
+) -> Digits:
+    """The first ``n`` MNIST test digits (at most 10,000) as base64 PNG, with their labels and pixels."""
+    pixels, labels = mnist_test_pixels(n, data_dir, config, progress)
+    return Digits([pil_to_ascii(Image.fromarray(p)) for p in pixels], labels, pixels)

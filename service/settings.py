@@ -1,0 +1,30 @@
+"""The service's settings, read once from the ``[SERVICE]`` section of the mindtrace config.
+
+Light on purpose: BentoML's supervising process imports the service module to read its configuration, and
+the no-op twin of the benchmark shares these settings, so nothing here may pull in a model runtime or MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mindtrace.config import Config
+
+settings = Config()
+SETTINGS = settings["SERVICE"]
+
+SERVICE_CONFIG: dict[str, Any] = {
+    "workers": SETTINGS.getint("WORKERS") or "cpu_count",
+    # BentoML arms a timer of this length for every request and never cancels it: the timers, and the futures
+    # they hold, stay alive this long (DESIGN.md, "Garbage collection"), so it is kept short.
+    "traffic": {"timeout": SETTINGS.getfloat("REQUEST_TIMEOUT_SECONDS")},
+    "logging": {"access": {"enabled": SETTINGS.getboolean("ACCESS_LOG")}},
+    # BentoML opens an OpenTelemetry span per request even with no exporter configured: off unless asked for.
+    "tracing": {} if SETTINGS.getboolean("TRACING") else {"excluded_urls": [".*"]},
+}
+GUARD_OPTIONS: dict[str, Any] = {
+    "max_body_bytes": SETTINGS.getint("MAX_BODY_BYTES"),
+    "api_token": os.environ.get("MINDTRACE_API_TOKEN", ""),
+    "inference_token": os.environ.get("MINDTRACE_INFERENCE_TOKEN", ""),
+}
