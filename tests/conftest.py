@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mindtrace.bench.process import free_port, running
+from benchmarks.process import free_port, running
 from mindtrace.config import Config
 from mindtrace.data.fetch import MnistSpec, ensure_mnist
 from mindtrace.data.idx import idx_bytes

@@ -422,7 +422,7 @@ def test_a_damaged_import_is_replaced(store):
 
 
 def test_an_unreachable_server_is_reported_as_such(monkeypatch):
-    from mindtrace.bench.process import free_port
+    from benchmarks.process import free_port
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     registry = Registry(f"http://127.0.0.1:{free_port()}")

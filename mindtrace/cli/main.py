@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -10,6 +11,7 @@ import types
 import typing
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -42,7 +44,9 @@ def _add_options(parser: argparse._ActionsContainer, model: type[BaseModel]) -> 
         )
 
 
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per training setting, and ``--config`` for a file of them (``mindtrace train``, the
+    benchmarks)."""
     _add_options(parser, TrainConfig)
     parser.add_argument(
         "--config",
@@ -66,7 +70,8 @@ def _train_request(args: argparse.Namespace) -> TrainRequest:
     return TrainRequest.model_validate({**base, **_given(args, TrainConfig), "promotion": promotion})
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training config that the options of :func:`add_train_options` describe."""
     return _train_request(args).train_config()
 
 
@@ -117,51 +122,27 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_train(args: argparse.Namespace) -> int:
-    from mindtrace.bench import bench_train
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Hand ``mindtrace bench ...`` to the ``benchmarks`` package of the checkout this runs in.
 
-    return bench_train(_train_config(args), repeats=args.repeats, json_out=args.json_out)
-
-
-def cmd_bench_formats(args: argparse.Namespace) -> int:
-    from mindtrace.bench import bench_model_formats
-
-    return bench_model_formats(repeats=args.repeats)
-
-
-def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rich.markdown import Markdown
-
-    from mindtrace.bench.report import targets_table, write_report
-    from mindtrace.bench.serve import SERVERS, BenchOptions, run_benchmark
-    from mindtrace.utils import available_cores
-
-    unknown = set(args.servers) - set(SERVERS)
-    if unknown:
-        raise ValueError(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")
-    options = BenchOptions(
-        out=Path(args.out),
-        servers=tuple(args.servers),
-        users=tuple(args.users),
-        seconds=args.seconds,
-        warmup_seconds=args.warmup_seconds,
-        digits=args.digits,
-        ceiling_users=args.ceiling_users,
-        batch_size=args.batch_images,
-        batch_users=args.batch_users,
-        retrain=not args.no_retrain,
-        soak_seconds=args.soak_seconds,
-        workers=args.workers or available_cores(),
-    )
-    results = run_benchmark(options, _train_config(args))
-    report = write_report(
-        results, options.out.resolve(), Path(args.markdown).resolve() if args.markdown else None
-    )
-    console.print(Markdown(targets_table(results)))
-    console.print(f"results: {options.out / 'results.json'}; report: {report}", highlight=False)
-    return 0
+    The harness is not installed with mindtrace (it lives beside ``service/``); the current folder is put on
+    ``sys.path`` when it holds it, as ``python -m benchmarks`` would.
+    """
+    here = Path.cwd()
+    if (here / "benchmarks" / "__init__.py").is_file() and str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    try:
+        harness = importlib.import_module("benchmarks.__main__")
+    except ImportError as exc:
+        console.print(
+            f"mindtrace bench needs the benchmark harness ({exc}): run it in a mindtrace checkout with "
+            "pip install -e '.[bench]'",
+            style="red",
+            markup=False,
+            highlight=False,
+        )
+        return 2
+    return harness.main(args.bench_args, prog="mindtrace bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train the MLP on MNIST, record it in MLflow, print test accuracy")
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: [MLFLOW] EXPERIMENT_NAME)")
     _add_options(p.add_argument_group("promotion gate (default: [PROMOTION] settings)"), PromotionPolicy)
     p.add_argument("--model", default=None, help="registered model (default: [MLFLOW] REGISTERED_MODEL)")
@@ -199,56 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_config)
 
-    p = commands.add_parser("bench", help="benchmarks that print figures")
-    bench = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
-    b = bench.add_parser("train", help="full-MNIST training: accuracy, epochs, seconds, images per second")
-    _add_train_options(b)
-    b.add_argument("--repeats", type=int, default=1, help="runs with seeds seed, seed+1, ...")
-    b.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
-    b.set_defaults(func=cmd_bench_train)
-    b = bench.add_parser("formats", help="forward-pass time of a model as each serving option would load it")
-    b.add_argument("--repeats", type=int, default=2000, help="timed calls per option and batch size")
-    b.set_defaults(func=cmd_bench_formats)
-    b = bench.add_parser(
-        "serve",
-        help="this service beside FastAPI and mlflow models serve under the same Locust load",
-        description=(
-            "Run it in a mindtrace checkout: it starts service/ and drives load_tests/. It first trains a "
-            "model (the training options below) in a scratch home under --out: your registry is untouched."
-        ),
+    p = commands.add_parser(
+        "bench",
+        help="benchmarks: serve, train, formats (in a checkout: python -m benchmarks)",
+        add_help=False,  # --help goes to the harness, which knows the options
     )
-    b.add_argument(
-        "--out", default="bench-out/serve", help="folder for results.json, the report, charts, logs"
-    )
-    b.add_argument("--markdown", default=None, help="also write the report here, e.g. BENCHMARKS.md")
-    b.add_argument("--servers", nargs="+", default=["mindtrace", "mindtrace-nobatch", "fastapi", "mlflow"])
-    b.add_argument("--users", type=int, nargs="+", default=[1, 8, 32, 64], help="concurrent users per point")
-    b.add_argument("--seconds", type=float, default=20, help="length of each measured point")
-    b.add_argument(
-        "--warmup-seconds", type=float, default=3, help="unrecorded load before each server's points"
-    )
-    b.add_argument("--digits", type=int, default=1000, help="MNIST test digits the users cycle through")
-    b.add_argument("--ceiling-users", type=int, default=32, help="users for the no-op, retrain and long runs")
-    b.add_argument("--batch-images", type=int, default=256, help="images per batch request (1: no batch run)")
-    b.add_argument("--batch-users", type=int, default=8, help="users sending batch requests")
-    b.add_argument("--no-retrain", action="store_true", help="skip the run during a retraining job")
-    b.add_argument("--soak-seconds", type=float, default=300, help="length of the long run (0: skip it)")
-    b.add_argument(
-        "--workers", type=int, default=0, help="worker processes per server (default: one per core)"
-    )
-    _add_train_options(b)
-    b.set_defaults(func=cmd_bench_serve)
+    # Everything after `bench` is the harness's, options first included (see main).
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="BENCHMARK ...")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
+def quiet_output(verbose: bool = False) -> None:
+    """Logging for a command line (INFO if ``verbose``, else warnings), without noise users cannot act on."""
+    level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     # Lightning sets its own level when imported; its hardware banner and tips come from this child logger.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(level)
     # Lightning 2.6 on torch 2.13 warns about its own use of a torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not cmd_bench:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # `mindtrace bench --help`: a leading option is not part of the REMAINDER
+        args.bench_args = unknown + args.bench_args
+    quiet_output(args.verbose)
     try:
         return args.func(args)
     except MnistUnavailableError as exc:

@@ -1,12 +1,14 @@
 """Servers started for a measurement or a test: a free loopback port, a start that waits until the server is
-ready, a stop that ends exactly what was started, and a meter of the CPU and memory the server uses.
+ready, a stop that ends exactly what was started, a meter of the CPU and memory a process tree uses, and the
+resident memory of each process in a tree.
 
 >>> port = free_port()
 >>> 1024 < port < 65536
 True
 >>> with running(["bentoml", "serve", "service:svc", "--port", str(port)],   # doctest: +SKIP
 ...              f"http://127.0.0.1:{port}/readyz", Path("serve.log"), cwd=Path(".")) as proc:
-...     ...
+...     tree_memory(proc.pid)
+[ProcessMemory(pid=..., role='supervisor', rss_mb=..., command='bentoml serve service:svc ...'), ...]
 """
 
 from __future__ import annotations
@@ -34,6 +36,47 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def launched(
+    command: list[str], log_path: Path, *, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """Start a server in its own session, its output in ``log_path``; stop the session on leaving.
+
+    Its own session means that stopping it stops the server's worker processes too, and nothing else.
+
+    >>> with launched(["sleep", "60"], Path("/tmp/sleep.log"), cwd=Path(".")) as proc:   # doctest: +SKIP
+    ...     wait_ready(proc, "http://127.0.0.1:9/", Path("/tmp/sleep.log"), timeout=1)
+    """
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            stop(proc)
+
+
+def wait_ready(proc: subprocess.Popen, health_url: str, log_path: Path, timeout: float = 120) -> None:
+    """Return once ``health_url`` answers 200; raise RuntimeError if the server exits or takes too long.
+
+    It asks every 50 ms: a refused connection costs microseconds, and cold starts are timed with this.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{Path(proc.args[0]).name} exited: {tail(log_path)}")
+        try:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{Path(proc.args[0]).name} not ready in {timeout:.0f} s: {tail(log_path)}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
 def running(
     command: list[str],
     health_url: str,
@@ -43,32 +86,10 @@ def running(
     env: dict[str, str] | None = None,
     timeout: float = 120,
 ) -> Iterator[subprocess.Popen]:
-    """Start a server in its own session, wait until ``health_url`` answers 200, stop the session after.
-
-    Its own session means that stopping it stops the server's worker processes too, and nothing else.
-    """
-    log = open(log_path, "wb")  # noqa: SIM115 - closed when the server stops
-    proc = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited: {tail(log_path)}")
-            try:
-                with urllib.request.urlopen(health_url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[0]} did not get ready in {timeout:.0f} s: {tail(log_path)}")
-            time.sleep(0.3)
+    """Start a server in its own session, wait until ``health_url`` answers 200, stop the session after."""
+    with launched(command, log_path, cwd=cwd, env=env) as proc:
+        wait_ready(proc, health_url, log_path, timeout)
         yield proc
-    finally:
-        stop(proc)
-        log.close()
 
 
 def stop(proc: subprocess.Popen, grace: float = 30) -> None:
@@ -86,6 +107,62 @@ def stop(proc: subprocess.Popen, grace: float = 30) -> None:
 def tail(path: Path, chars: int = 3000) -> str:
     """The end of a log file, for error messages."""
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+@dataclass
+class ProcessMemory:
+    """One process of a server: its role in the tree and its resident memory."""
+
+    pid: int
+    role: str  # supervisor (the process started), worker, manager (a parent below the root), helper, job
+    rss_mb: float
+    command: str
+
+
+# Processes that Python's multiprocessing starts beside the workers; they serve no request.
+HELPERS = ("resource_tracker", "semaphore_tracker", "forkserver")
+JOB = "mindtrace.jobs"  # a retraining job the service runs as its own process
+
+
+def tree_memory(pid: int) -> list[ProcessMemory]:
+    """The resident memory of process ``pid`` and of each of its descendants, with the role each plays.
+
+    A leaf process is a worker unless it is one of multiprocessing's helpers or a retraining job; a process
+    between the root and the workers (``mlflow models serve`` runs uvicorn, which runs them) is a manager.
+    """
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for proc in processes:
+        try:
+            with proc.oneshot():
+                command = " ".join(proc.cmdline())
+                rss = proc.memory_info().rss / 2**20
+                has_children = bool(proc.children())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if proc.pid == pid:
+            role = "supervisor"
+        elif any(name in command for name in HELPERS):
+            role = "helper"
+        elif JOB in command:
+            role = "job"
+        else:
+            role = "manager" if has_children else "worker"
+        found.append(ProcessMemory(proc.pid, role, round(rss, 1), _short(command)))
+    return found
+
+
+def _short(command: str, chars: int = 120) -> str:
+    """A command line fit for a table: the virtualenv's long paths cut to the program's name."""
+    parts = command.split()
+    if parts:
+        parts[0] = Path(parts[0]).name
+    text = " ".join(parts)
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 @dataclass

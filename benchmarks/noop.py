@@ -1,9 +1,10 @@
 """The service's no-op twin: the same BentoML settings, middleware, routes and bodies, and no work at all.
 
-``mindtrace bench serve`` measures it as this service's own ceiling: what BentoML can answer on this machine
-when the inference itself costs nothing. It answers every image with a fixed prediction, unchecked.
+The serving benchmark measures it as the service's own ceiling: what BentoML can answer on this machine when
+the inference itself costs nothing. It answers every image with a fixed prediction, unchecked. It shares
+``service.settings`` and ``service.guard`` with the service, not ``service.app``, which would load the model.
 
-    bentoml serve service.noop:svc
+    bentoml serve benchmarks.noop:svc
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Annotated
 import bentoml
 from pydantic import Field
 
-from service.app import GUARD_OPTIONS, SERVICE_CONFIG
 from service.guard import Guard
 from service.schemas import MAX_BATCH, BatchResponse, InferenceResponse, ModelRef, Prediction
+from service.settings import GUARD_OPTIONS, SERVICE_CONFIG
 
 FIXED = Prediction(label=0, probabilities=[1.0] + [0.0] * 9)
 MODEL = ModelRef(name="noop", version="0")

@@ -88,9 +88,10 @@ def _verdict(met: bool) -> str:
 def bench_model_formats(repeats: int = 2000) -> int:
     """Time one forward pass of the default MLP as each serving option would load it; print a table.
 
-    The options for putting a registered version behind BentoML: the eager ``MLPNet`` rebuilt from weights
-    (what ``import_version`` stores), the ``pt2`` program MLflow loads, and the MLflow pyfunc that
-    ``bentoml.mlflow.import_model`` serves through. Same weights, same inputs, one thread.
+    The options for putting a registered version behind BentoML: the eager ``MLPNet`` rebuilt from weights,
+    the ``pt2`` program MLflow loads, the MLflow pyfunc that ``bentoml.mlflow.import_model`` serves through,
+    and the ONNX graph that ``import_version`` stores and the service runs. Same weights, one thread. The ONNX
+    graph takes uint8 pixels and includes normalisation and softmax; the others take normalized tensors.
 
     >>> bench_model_formats(repeats=100)   # doctest: +SKIP
     """
@@ -100,32 +101,38 @@ def bench_model_formats(repeats: int = 2000) -> int:
     import mlflow.pyfunc
     import mlflow.pytorch
 
-    from mindtrace.models import MLPNet
+    from mindtrace.models.net import MLPNet, onnx_bytes
     from mindtrace.registry.artifacts import load_mlp, save_mlflow_model
+    from mindtrace.runtime import OnnxClassifier
+    from mindtrace.train_config import DEFAULT_DIM
 
     torch.set_num_threads(1)
-    net = MLPNet().eval()
+    net = MLPNet(DEFAULT_DIM).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model"
         save_mlflow_model(net, path, torch.randn(2, 1, 28, 28))
+        graph = onnx_bytes(net)  # made at import into the store: not part of loading
         options = {}
-        for label, load in (
-            ("eager MLPNet (mindtrace import)", lambda: load_mlp(path)),
-            ("pt2 program (mlflow.pytorch)", lambda: mlflow.pytorch.load_model(str(path))),
-            ("pyfunc (bentoml.mlflow)", lambda: mlflow.pyfunc.load_model(str(path))),
+        # What each takes: pyfunc numpy, as a request body would arrive; ONNX Runtime the raw uint8 pixels.
+        for label, takes, load in (
+            ("eager MLPNet (mindtrace import)", "tensor", lambda: load_mlp(path)),
+            ("pt2 program (mlflow.pytorch)", "tensor", lambda: mlflow.pytorch.load_model(str(path))),
+            ("pyfunc (bentoml.mlflow)", "numpy", lambda: mlflow.pyfunc.load_model(str(path))),
+            ("ONNX Runtime (the service)", "pixels", lambda: OnnxClassifier(graph)),
         ):
             t0 = time.perf_counter()
-            options[label] = (load(), time.perf_counter() - t0)
+            options[label] = (takes, load(), time.perf_counter() - t0)
 
     table = Table(title=f"one forward pass, median of {repeats} calls, 1 thread")
     for column in ("loaded as", "load ms", "batch 1 µs", "batch 64 µs"):
         table.add_column(column)
-    for label, (model, load_seconds) in options.items():
+    for label, (takes, model, load_seconds) in options.items():
         cells = [label, f"{load_seconds * 1000:.0f}"]
         for batch in (1, 64):
             x = torch.randn(batch, 1, 28, 28)
-            # pyfunc takes numpy, as a serving request body would arrive; the others take the tensor.
-            inputs, call = (x.numpy(), model.predict) if label.startswith("pyfunc") else (x, model)
+            pixels = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8).numpy()
+            inputs = {"tensor": x, "numpy": x.numpy(), "pixels": pixels}[takes]
+            call = model.predict if takes == "numpy" else model
             timings = []
             with torch.inference_mode():
                 for _ in range(repeats):

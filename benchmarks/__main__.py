@@ -1,0 +1,125 @@
+"""The benchmark commands: ``python -m benchmarks serve|train|formats`` (also ``mindtrace bench ...``).
+
+>>> main(["serve", "--out", "benchmarks/results", "--markdown", "BENCHMARKS.md"])   # doctest: +SKIP
+>>> main(["serve", "--servers", "mindtrace", "fastapi", "--soak-seconds", "0"])   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks.servers import SERVERS
+from mindtrace.cli.main import add_train_options, quiet_output, train_config_from_args
+from mindtrace.cli.output import console
+from mindtrace.utils import available_cores
+
+
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Benchmarks that print figures (a checkout only)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="BENCHMARK")
+
+    b = commands.add_parser("train", help="full-MNIST training: accuracy, epochs, seconds, images per second")
+    add_train_options(b)
+    b.add_argument("--repeats", type=int, default=1, help="runs with seeds seed, seed+1, ...")
+    b.add_argument("--json-out", default=None, help="also write the figures to this JSON file")
+    b.set_defaults(func=cmd_train)
+
+    b = commands.add_parser("formats", help="forward-pass time of a model as each serving option loads it")
+    b.add_argument("--repeats", type=int, default=2000, help="timed calls per option and batch size")
+    b.set_defaults(func=cmd_formats)
+
+    b = commands.add_parser(
+        "serve",
+        help="this service beside FastAPI and mlflow models serve, driven by wrk",
+        description=(
+            "Run it in a mindtrace checkout with wrk installed. It first trains a model (the training "
+            "options below) in a scratch home under --work: your registry and model store are untouched."
+        ),
+    )
+    b.add_argument("--out", default="bench-out/serve", help="folder for results.json and the charts")
+    b.add_argument("--work", default="bench-out/work", help="scratch home, model store, bodies and logs")
+    b.add_argument("--markdown", default=None, help="write the report here (default: OUT/report.md)")
+    b.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers to measure")
+    b.add_argument(
+        "--connections", type=int, nargs="+", default=[8, 32, 64], help="wrk connections per point"
+    )
+    b.add_argument("--seconds", type=int, default=10, help="length of each point (whole seconds)")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the report takes their median")
+    b.add_argument("--warmup-seconds", type=int, default=3, help="unrecorded load on each server first")
+    b.add_argument("--digits", type=int, default=1000, help="MNIST test digits the requests cycle through")
+    b.add_argument("--batch-images", type=int, default=256, help="images per batch request (1: no batches)")
+    b.add_argument("--batch-connections", type=int, default=8, help="connections sending batch requests")
+    b.add_argument("--no-retrain", action="store_true", help="skip the point during a retraining job")
+    b.add_argument("--soak-seconds", type=int, default=300, help="length of the long run (0: skip it)")
+    b.add_argument("--cold-starts", type=int, default=3, help="timed launches of each server (0: none)")
+    b.add_argument("--workers", type=int, default=0, help="worker processes per server (default: one a core)")
+    add_train_options(b)
+    b.set_defaults(func=cmd_serve)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from benchmarks.offline import bench_train
+
+    return bench_train(train_config_from_args(args), repeats=args.repeats, json_out=args.json_out)
+
+
+def cmd_formats(args: argparse.Namespace) -> int:
+    from benchmarks.offline import bench_model_formats
+
+    return bench_model_formats(repeats=args.repeats)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rich.markdown import Markdown
+
+    from benchmarks.report import targets_table, write_report
+    from benchmarks.serve import BenchOptions, run_benchmark
+
+    if min(args.seconds, args.rounds, *args.connections) < 1:
+        raise ValueError("--seconds, --rounds and --connections must be at least 1")
+    options = BenchOptions(
+        out=Path(args.out).resolve(),
+        work=Path(args.work).resolve(),
+        servers=tuple(args.servers),
+        connections=tuple(args.connections),
+        seconds=args.seconds,
+        rounds=args.rounds,
+        warmup_seconds=args.warmup_seconds,
+        digits=args.digits,
+        batch_images=args.batch_images,
+        batch_connections=args.batch_connections,
+        retrain=not args.no_retrain,
+        soak_seconds=args.soak_seconds,
+        cold_starts=args.cold_starts,
+        workers=args.workers or available_cores(),
+    )
+    command = f"{args.prog} serve {shlex.join(args.argv)}".strip()
+    results = run_benchmark(options, train_config_from_args(args), command)
+    report = write_report(results, options.out, Path(args.markdown).resolve() if args.markdown else None)
+    console.print(Markdown(targets_table(results)))
+    console.print(f"results: {options.out / 'results.json'}; report: {report}", highlight=False)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks") -> int:
+    """Run one benchmark command; ``mindtrace bench`` calls this with its own ``prog``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
+    args.prog, args.argv = prog, argv[1:]  # the report prints the exact command
+    quiet_output()
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad options, no checkout, no wrk
+        console.print(f"[red]error: {exc}[/]", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

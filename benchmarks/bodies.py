@@ -1,0 +1,106 @@
+"""What every server is sent: real MNIST test digits as base64 PNG, in each server's own protocol; and the
+correctness pass, which sends each request once and compares the labels with the model's offline answers,
+so that a fast server that answers wrongly is caught before its speed is reported.
+
+>>> [(r.route, r.digits) for r in digit_requests("mindtrace", ["AAA", "BBB", "CCC"], 2)]
+[('/inference/batch', (0, 1)), ('/inference/batch', (2, 0))]
+>>> digit_requests("mlflow", ["AAA"], 1)[0].body
+'{"inputs": ["AAA"]}'
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DigitRequest:
+    """One request body, the route it goes to, and which digits (by index) it carries, in order."""
+
+    route: str
+    body: str
+    digits: tuple[int, ...]
+
+    @property
+    def many(self) -> bool:
+        """Whether the answer lists predictions (batch routes, MLflow) rather than being one."""
+        return self.route != "/inference"
+
+
+def digit_requests(api: str, texts: list[str], per_request: int) -> list[DigitRequest]:
+    """Requests of ``per_request`` digits each that together carry every one of ``texts`` at least once
+    (the last wraps round to the first). ``api``: ``mindtrace`` (this service and the FastAPI rival) or
+    ``mlflow`` (``POST /invocations`` with ``{"inputs": [...]}``)."""
+    requests = []
+    for start in range(0, len(texts), per_request):
+        digits = tuple((start + j) % len(texts) for j in range(per_request))
+        images = [texts[i] for i in digits]
+        if api == "mlflow":
+            route, body = "/invocations", {"inputs": images}
+        elif per_request == 1:
+            route, body = "/inference", {"image": images[0]}
+        else:
+            route, body = "/inference/batch", {"images": images}
+        requests.append(DigitRequest(route, json.dumps(body), digits))
+    return requests
+
+
+@dataclass
+class Correctness:
+    """The outcome of a correctness pass: images checked, how many got the offline label, and the first
+    problem met (a wrong label, an error status, a malformed answer)."""
+
+    checked: int = 0
+    same: int = 0
+    problem: str = ""
+
+    @property
+    def share(self) -> float:
+        return self.same / self.checked if self.checked else 0.0
+
+
+def check_answers(url: str, requests: list[DigitRequest], expected: np.ndarray) -> Correctness:
+    """Send each request once, in turn, over one keep-alive connection; compare every label with
+    ``expected[digit]``. Problems are counted, never raised: the report shows them.
+
+    >>> requests = digit_requests("mindtrace", texts, 1)                    # doctest: +SKIP
+    >>> check_answers("http://127.0.0.1:3000", requests, labels)            # doctest: +SKIP
+    Correctness(checked=1000, same=1000, problem='')
+    """
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    result = Correctness()
+    try:
+        for request in requests:
+            result.checked += len(request.digits)
+            connection.request("POST", request.route, request.body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            data = response.read()
+            try:
+                if response.status != 200:
+                    raise ValueError(f"HTTP {response.status}: {data[:200].decode(errors='replace')}")
+                labels = _labels(json.loads(data), request)
+            except (ValueError, KeyError, TypeError) as exc:
+                result.problem = result.problem or f"{request.route}: {exc}"
+                continue
+            for digit, label in zip(request.digits, labels, strict=True):
+                if label == expected[digit]:
+                    result.same += 1
+                elif not result.problem:
+                    result.problem = f"digit {digit}: label {label}, offline {expected[digit]}"
+    finally:
+        connection.close()
+    return result
+
+
+def _labels(answer: Any, request: DigitRequest) -> list[int]:
+    predictions = answer["predictions"] if request.many else [answer]
+    if len(predictions) != len(request.digits):
+        raise ValueError(f"{len(predictions)} predictions for {len(request.digits)} images")
+    return [int(p["label"]) for p in predictions]
