@@ -8,4 +8,5 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "mindtrace needs Python 3.10+"'
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# requirements.txt pins the versions the suite runs with and the Bento ships (one source of pins).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.txt -e ".[dev]"

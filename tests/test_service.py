@@ -8,6 +8,7 @@ swap tests move the champion between versions 1 and 2.
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import io
 import json
 import os
@@ -23,11 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from PIL import Image
 
-from mindtrace.bench.digits import mnist_test_digits
-from mindtrace.bench.process import free_port, running
+from benchmarks.process import free_port, running
 from mindtrace.config import Config
+from mindtrace.data.digits import mnist_test_digits
 from mindtrace.preprocess import preprocess
 from mindtrace.registry import Registry
 
@@ -230,7 +234,8 @@ def test_a_fast_wrong_server_fails_the_load_test(tmp_path, real_mnist_dir):
     env = _env(tmp_path / "home", real_mnist_dir.parent, tmp_path / "bentoml")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [str(BIN / "bentoml"), "serve", "service.noop:svc", "--host", "127.0.0.1", "--port", str(port)]
+    twin = "benchmarks.noop:svc"  # the benchmark's no-op twin of the service
+    command = [str(BIN / "bentoml"), "serve", twin, "--host", "127.0.0.1", "--port", str(port)]
     with running(command, url + "/readyz", tmp_path / "noop.log", cwd=ROOT, env=env, timeout=180):
         answer = requests.post(url + "/inference", json={"image": "not even base64"}, timeout=10).json()
         assert answer["label"] == 0 and answer["model"]["name"] == "noop"
@@ -558,6 +563,24 @@ def test_an_unreachable_registry_is_a_503_while_inference_keeps_serving(server, 
         assert r.status_code == 200 and r.json()["label"] == 7
 
 
+def test_serving_workers_load_neither_torch_nor_training_plotting_or_benchmark_code(server, tmp_path, digits):
+    """CPython's PYTHONPROFILEIMPORTTIME makes every process of the server log each module it imports."""
+    env = {**server.env, "PYTHONPROFILEIMPORTTIME": "1", "MINDTRACE__SERVICE__WORKERS": "1"}
+    log = tmp_path / "serve.log"
+    for url in _serve(env, log, ready="/readyz"):
+        assert requests.post(url + "/inference", json={"image": digits[0][0]}, headers=INFER, timeout=30).ok
+        assert requests.get(url + "/registry/models/mnist-mlp/versions/champion", timeout=30).ok
+        assert requests.get(url + "/model", timeout=30).ok
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in log.read_text().splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert {"bentoml", "mlflow", "onnxruntime", "PIL"} <= imported  # the log is read right
+    loaded = imported & {"torch", "pytorch_lightning", "lightning", "matplotlib", "locust", "benchmarks"}
+    assert not loaded, f"a serving process imported {sorted(loaded)}"
+
+
 # --- the Bento ----------------------------------------------------------------------------------------------
 
 
@@ -582,6 +605,27 @@ def test_bentoml_build_packs_service_and_model(server, tmp_path):
     assert (folder / "src" / "service" / "app.py").is_file() and (
         folder / "src" / "mindtrace" / "jobs.py"
     ).is_file()
+    assert not (folder / "src" / "benchmarks").exists()  # the harness stays out of the Bento
     requirements = (folder / "env" / "python" / "requirements.txt").read_text()
-    assert "torch==2.13.0" in requirements and "download.pytorch.org/whl/cpu" in requirements
+    assert "download.pytorch.org/whl/cpu" in (folder / "env" / "python" / "install.sh").read_text()
+    pins = _pins(requirements)
+    assert {"torch", "bentoml", "mlflow", "onnxruntime", "pytorch-lightning"} <= set(pins)
+    # No package twice with two different versions (an image build fails on that), and every version the one
+    # the test suite ran with: the pins are consistent because pip resolved them together here.
+    conflicting = {name: specs for name, specs in pins.items() if len(specs) > 1}
+    assert not conflicting, conflicting
+    for name, (spec,) in pins.items():
+        installed = importlib.metadata.version(name)
+        assert SpecifierSet(spec).contains(installed, prereleases=True), (name, spec, installed)
     assert "ENTRYPOINT" in (folder / "env" / "docker" / "Dockerfile").read_text()
+
+
+def _pins(requirements: str) -> dict[str, set[str]]:
+    """Each requirement's normalized name and the distinct version specifiers given for it."""
+    pins: dict[str, set[str]] = {}
+    for line in requirements.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            requirement = Requirement(line)
+            pins.setdefault(canonicalize_name(requirement.name), set()).add(str(requirement.specifier))
+    return pins
