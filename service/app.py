@@ -40,7 +40,7 @@ from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, SETTINGS, settings
 
 if TYPE_CHECKING:
     from mindtrace.registry.query import Registry
-    from service.watcher import ChampionWatcher
+    from service.watcher import Follower
 
 # A registry that is down must give a quick 503, not MLflow's minutes of retries with backoff (MLflow reads
 # these on every call).
@@ -60,18 +60,32 @@ class Mindtrace:
     """Classify handwritten digits with the registry's champion model, retrain it, and browse the registry."""
 
     def __init__(self) -> None:
-        # Here, not at the top: only workers load MLflow's client, ONNX Runtime and the model.
-        from mindtrace.registry.query import Registry
-        from service.watcher import ChampionWatcher
+        # Here, not at the top: only workers load the runtime and the model, and only the leader MLflow.
+        from service.watcher import ChampionWatcher, Follower
 
         self.limits = ImageLimits(max_pixels=SETTINGS.getint("MAX_PIXELS"))
-        self.registry: Registry = Registry(config=settings)
         self.jobs = JobStore(settings["DIR_PATHS"].getpath("JOBS"))
         self.predictor = Predictor(
             SETTINGS.getint("BATCH_MAX_REQUESTS"), SETTINGS.getint("BATCH_MAX_LATENCY_MS")
         )
-        self.watcher: ChampionWatcher = ChampionWatcher(self.predictor, settings)
+        self._registry: Registry | None = None
+        # Worker 1 follows the champion in the registry; the others follow it through worker 1 (watcher.py).
+        leader = bentoml.server_context.worker_index in (None, 1)
+        self.watcher: Follower = (
+            ChampionWatcher(self.predictor, settings, self.registry)
+            if leader
+            else Follower(self.predictor, settings)
+        )
         self.watcher.start()
+
+    @property
+    def registry(self) -> Registry:
+        """The registry client; a follower worker loads MLflow's client the first time it needs it."""
+        if self._registry is None:
+            from mindtrace.registry.query import Registry
+
+            self._registry = Registry(config=settings)
+        return self._registry
 
     @bentoml.on_startup
     def _settle_the_collector(self) -> None:
@@ -150,7 +164,7 @@ class Mindtrace:
                 return _error(409, message)
         event = self.registry.set_alias(name, alias, version, actor="api")
         if served is not None:
-            self.watcher.serve(served)
+            self.watcher.serve(served, announce=True)
         return event
 
     def rollback(self, name: str, alias: str) -> AliasEvent:

@@ -1,53 +1,66 @@
-"""Hot-swap: a watcher that keeps the served model on the version the champion alias points to.
+"""Hot-swap: every worker keeps its served model on the version the champion alias points to.
 
-Every worker asks the registry where the alias points every ``SWAP_POLL_SECONDS``. A new version is imported
-into the BentoML store (once, by whichever worker gets there first), loaded with ONNX Runtime, tried, and only
-then swapped in between two batches. The import needs PyTorch to export the ONNX graph, so it runs as
-``mindtrace registry import`` in a child process: the worker itself never imports torch.
+One worker per service (BentoML's worker 1, the *leader*) asks the registry where the alias points every
+``SWAP_POLL_SECONDS``. A new version is imported into the BentoML store if it is not there yet, loaded with
+ONNX Runtime, tried, swapped in between two batches, and published in a small pointer file under
+``MINDTRACE_HOME/serving``. The other workers (*followers*) watch that file and load the version it names from
+the store. So only the leader holds MLflow's client (about 100 MB); a follower loads it only if it answers a
+registry route. The import needs PyTorch to export the ONNX graph, so it runs as ``mindtrace registry import``
+in a child process: no worker ever imports torch.
+
+>>> watcher = ChampionWatcher(predictor, Config(), Registry())   # doctest: +SKIP
+>>> watcher.start()                                              # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mindtrace.config import Config
 from mindtrace.registry.bento import bento_model_name, bento_tag, load_classifier
 from mindtrace.registry.errors import NotFoundError, RegistryError
-from mindtrace.registry.query import Registry
+from mindtrace.utils import atomic_write
 from service import metrics
 from service.batching import Predictor, Served
 
+if TYPE_CHECKING:
+    from mindtrace.registry.query import Registry
+
 log = logging.getLogger("mindtrace.service")
 IMPORT_TIMEOUT_SECONDS = 600
+RETRY_SECONDS = 30  # a version that failed to load is tried again after this long, not at every poll
 
 
-class ChampionWatcher:
-    """Keeps ``predictor.current`` on the version the alias points to, checking every ``interval`` seconds.
+class Follower:
+    """Keeps ``predictor.current`` on the served version, checking every ``interval`` seconds: a follower
+    worker reads the leader's pointer file. A version that fails to load stays out, the old model keeps
+    serving, and ``last_error`` says why."""
 
-    A version is imported into the BentoML store, loaded and tried on a blank image before it is swapped in;
-    one that fails stays out, the old model keeps serving, and ``last_error`` says why.
-    """
+    leads = False  # whether what this worker swaps in is published for the others
 
     def __init__(self, predictor: Predictor, settings: Config):
         self.predictor = predictor
         section = settings["SERVICE"]
         self.alias = section["MODEL_ALIAS"]
         self.interval = section.getfloat("SWAP_POLL_SECONDS")
-        self.registry = Registry(config=settings)
-        self.name = self.registry.model_name(None)
+        self.name = settings["MLFLOW"]["REGISTERED_MODEL"]
+        self.pointer = settings.home() / "serving" / f"{bento_model_name(self.name)}.{self.alias}.json"
         self.last_error: str | None = None
-        self._failed: tuple[str, float] | None = None  # (version, when): retried after a while, not each poll
+        self._failed: tuple[str, float] | None = None  # (what, when)
         self._wake = threading.Event()
         self._lock = threading.RLock()  # the watcher thread and alias moves made through the API
 
     def start(self) -> None:
-        """Load the model to serve now, then keep following the alias in a background thread."""
+        """Load the model to serve now, then keep following in a background thread."""
         self.check()
         if self.predictor.current is None:
             self._serve_newest_in_store()
@@ -58,39 +71,51 @@ class ChampionWatcher:
         self._wake.set()
 
     def check(self) -> None:
-        """One look at the alias; swap when it points to a version other than the served one."""
+        """One look at the target; swap when it names another version than the served one."""
         with self._lock:
             try:
-                version = self.registry.alias_target(self.name, self.alias)
-            except NotFoundError:
-                version = None  # nothing registered yet
+                target = self._target()
             except RegistryError as exc:
                 self._note_error(f"cannot read the registry: {exc}", swap=False)
                 return
-            current = self.predictor.current
-            if version is None or (current is not None and current.version == version):
+            if target is None or self._serving(target):
                 return
-            if self._failed and self._failed[0] == version and time.monotonic() - self._failed[1] < 30:
+            key = json.dumps(target, sort_keys=True)
+            if self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < RETRY_SECONDS:
                 return
             try:
-                self.swap_to(version)
+                self.serve(self._load(target), announce=self.leads)
             except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old model serving
-                self._failed = (version, time.monotonic())
-                self._note_error(f"version {version} of {self.name} was not swapped in: {exc}", swap=True)
+                self._failed = (key, time.monotonic())
+                what = f"version {target['version']} of {self.name}"
+                self._note_error(f"{what} was not swapped in: {exc}", swap=True)
 
-    def swap_to(self, version: str) -> Served:
-        """Import, load, try and serve ``version``; on any failure, raise and leave the served model alone."""
-        return self.serve(load_version(self.name, version, self.registry))
-
-    def serve(self, served: Served) -> Served:
-        """Swap in a model that is already loaded and checked."""
+    def serve(self, served: Served, announce: bool = False) -> Served:
+        """Swap in a model that is already loaded and checked; ``announce`` it to the other workers too (the
+        leader's swaps, and an alias move made through this worker)."""
         with self._lock:
             previous = self.predictor.current
             self.predictor.current = served
             self.last_error, self._failed = None, None
+            if announce:
+                publish(self.pointer, served)
         metrics.model_swapped(previous, served)
         log.info("now serving %s version %s (%s)", served.name, served.version, served.tag)
         return served
+
+    def _target(self) -> dict[str, Any] | None:
+        """The version to serve as the leader published it (name, version, BentoML tag); None if none is."""
+        try:
+            return json.loads(self.pointer.read_text())
+        except (OSError, ValueError):
+            return None  # not published yet; atomic writes mean a file is never seen half-written
+
+    def _serving(self, target: dict[str, Any]) -> bool:
+        current = self.predictor.current
+        return current is not None and current.tag == target["tag"]
+
+    def _load(self, target: dict[str, Any]) -> Served:
+        return _tried(target["tag"], self.name, target["version"])
 
     def _loop(self) -> None:
         while True:
@@ -113,23 +138,16 @@ class ChampionWatcher:
         for model in sorted(imports, key=lambda m: m.info.creation_time, reverse=True):
             version = str(model.info.metadata.get("mlflow", {}).get("version", "?"))
             try:
-                self.predictor.current = _tried(model, self.name, version)
+                served = _tried(model, self.name, version)
             except ValueError as exc:
                 log.warning("skipping %s: %s", model.tag, exc)
                 continue
-            metrics.model_swapped(None, self.predictor.current)
+            self.serve(served, announce=self.leads)
             log.warning(
-                "registry has no %s for %s; serving %s from the BentoML store",
-                self.alias,
-                self.name,
-                model.tag,
+                "no %s found for %s; serving %s from the BentoML store", self.alias, self.name, model.tag
             )
             return
-        log.warning(
-            "no model to serve: the registry has no %s for %s and the BentoML store has none",
-            self.alias,
-            self.name,
-        )
+        log.warning("no model to serve: no %s for %s and none in the BentoML store", self.alias, self.name)
 
     def _note_error(self, message: str, swap: bool) -> None:
         if message != self.last_error:
@@ -137,6 +155,37 @@ class ChampionWatcher:
         self.last_error = message
         if swap:
             metrics.swap_failed()
+
+
+class ChampionWatcher(Follower):
+    """The leader: follows the alias in the registry itself, and publishes what it serves for the others."""
+
+    leads = True
+
+    def __init__(self, predictor: Predictor, settings: Config, registry: Registry):
+        super().__init__(predictor, settings)
+        self.registry = registry
+
+    def _target(self) -> dict[str, Any] | None:
+        try:
+            version = self.registry.alias_target(self.name, self.alias)
+        except NotFoundError:
+            return None  # nothing registered yet
+        return None if version is None else {"version": version}
+
+    def _serving(self, target: dict[str, Any]) -> bool:
+        current = self.predictor.current
+        return current is not None and current.version == target["version"]
+
+    def _load(self, target: dict[str, Any]) -> Served:
+        return load_version(self.name, target["version"], self.registry)
+
+
+def publish(pointer: Path, served: Served) -> None:
+    """Write what is served to ``pointer``, atomically: a follower never reads half of it."""
+    body = {"name": served.name, "version": served.version, "tag": served.tag}
+    with atomic_write(pointer) as tmp:
+        tmp.write_text(json.dumps(body))
 
 
 def load_version(name: str, version: str, registry: Registry) -> Served:
@@ -162,7 +211,7 @@ def _import(name: str, version: str) -> None:
         raise RuntimeError(f"importing it failed: {reason}")
 
 
-def _tried(model, name: str, version: str) -> Served:
+def _tried(model: Any, name: str, version: str) -> Served:
     """The store entry ``model`` (a tag or a model) loaded with ONNX Runtime, once it answers sanely."""
     classify, entry = load_classifier(model)
     probs = classify(np.zeros((2, 28, 28), dtype=np.uint8))

@@ -32,12 +32,12 @@ from pydantic import BaseModel
 
 from mindtrace.config import Config
 from mindtrace.preprocess import SPEC
-from mindtrace.registry.query import Registry
 from mindtrace.registry.schemas import VersionInfo
-from mindtrace.utils import exclusive_lock, ifnone
+from mindtrace.utils import exclusive_lock
 
 if TYPE_CHECKING:
     from mindtrace.models.net import MLPNet
+    from mindtrace.registry.query import Registry
     from mindtrace.runtime import OnnxClassifier
 
 WEIGHTS_FILE = "weights.pt"
@@ -96,7 +96,9 @@ def import_version(
     import bentoml
     from bentoml.exceptions import NotFound
 
-    registry = ifnone(registry, Registry(config=config))
+    from mindtrace.registry.query import Registry  # MLflow: imports need it, serving a stored model not
+
+    registry = registry or Registry(config=config)
     info = registry.get_version(name, ref)
     tag = bento_tag(info)
     lock = registry.config["DIR_PATHS"].getpath("HOME") / "locks" / "bentoml-import.lock"
