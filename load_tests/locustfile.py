@@ -13,9 +13,10 @@ Scenarios (user classes; with none named, SingleImage, Batch and Mixed run side 
 Each digit is sent with its label known. An answer that is not a valid prediction is a failure; the
 share of right labels is the accuracy, printed at the end, and a run whose accuracy is below
 ``--min-accuracy`` exits with status 1, so a fast but wrong server fails. ``--report-json`` writes the
-accuracy and the label each digit got, which ``mindtrace bench serve`` compares with the model offline.
-``--api mlflow`` speaks the protocol of ``mlflow models serve`` (POST /invocations) instead, for the
-side-by-side benchmark.
+accuracy and the label each digit got, to compare with the model offline. ``--api mlflow`` speaks the
+protocol of ``mlflow models serve`` (POST /invocations) instead, to load that server the same way. (The
+serving benchmark, ``python -m benchmarks serve``, drives servers with wrk: a Python load generator on the
+same cores saturates before the server does.)
 """
 
 from __future__ import annotations

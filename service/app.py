@@ -4,7 +4,8 @@ Settings come from the ``[SERVICE]`` section of the mindtrace config (environmen
 ``MINDTRACE__SERVICE__<KEY>``); tokens from ``MINDTRACE_API_TOKEN`` and ``MINDTRACE_INFERENCE_TOKEN``.
 
 BentoML's supervising process imports this module only to read the service's configuration, so what is
-imported here stays light; each worker loads MLflow's client, ONNX Runtime and the model in ``__init__``.
+imported here stays light; each worker loads ONNX Runtime and the model in ``__init__``, and worker 1 also
+MLflow's client (``service.watcher`` says why only worker 1).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from service.schemas import (
     InferenceResponse,
     ModelRef,
 )
-from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, SETTINGS, settings
+from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, SETTINGS, settings, settle_the_collector
 
 if TYPE_CHECKING:
     from mindtrace.registry.query import Registry
@@ -85,15 +86,12 @@ class Mindtrace:
             from mindtrace.registry.query import Registry
 
             self._registry = Registry(config=settings)
+            gc.freeze()  # MLflow's modules live as long as the worker, like the rest of its start-up heap
         return self._registry
 
     @bentoml.on_startup
     def _settle_the_collector(self) -> None:
-        # Everything loaded so far (modules, MLflow's client, the model) lives as long as the worker. Frozen,
-        # the collector never scans it again: a full collection over it stopped the worker for 300-490 ms.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*(int(n) for n in SETTINGS.getlist("GC_THRESHOLDS")))
+        settle_the_collector()  # the modules, MLflow's client and the model are loaded by now
 
     def __is_ready__(self) -> bool:
         return self.predictor.current is not None
