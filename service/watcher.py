@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mindtrace.service")
 IMPORT_TIMEOUT_SECONDS = 600
 RETRY_SECONDS = 30  # a version that failed to load is tried again after this long, not at every poll
+# How long a follower waits at start-up for its leader to say what it serves (the leader may import first).
+LEADER_WAIT_SECONDS = IMPORT_TIMEOUT_SECONDS + 60
 
 
 class Follower:
@@ -60,11 +63,26 @@ class Follower:
         self._lock = threading.RLock()  # the watcher thread and alias moves made through the API
 
     def start(self) -> None:
-        """Load the model to serve now, then keep following in a background thread."""
+        """Load the model to serve now, then keep following in a background thread.
+
+        A follower first waits until this server's leader has published what it serves, so that it starts
+        accepting requests with the same model (the leader publishes as soon as it has loaded, or found
+        nothing to load).
+        """
+        self._await_leader()
         self.check()
         if self.predictor.current is None:
             self._serve_newest_in_store()
+        if self.leads:
+            publish(self.pointer, self.predictor.current)
         threading.Thread(target=self._loop, name="champion-watcher", daemon=True).start()
+
+    def _await_leader(self) -> None:
+        deadline = time.monotonic() + LEADER_WAIT_SECONDS
+        while not self.leads and time.monotonic() < deadline:
+            if self._published().get("server") == os.getppid():  # written by this server's leader
+                return
+            time.sleep(0.2)
 
     def wake(self) -> None:
         """Check now rather than at the next tick (after an alias move made through this service)."""
@@ -105,10 +123,13 @@ class Follower:
 
     def _target(self) -> dict[str, Any] | None:
         """The version to serve as the leader published it (name, version, BentoML tag); None if none is."""
+        return self._published() if self._published().get("tag") else None
+
+    def _published(self) -> dict[str, Any]:
         try:
             return json.loads(self.pointer.read_text())
         except (OSError, ValueError):
-            return None  # not published yet; atomic writes mean a file is never seen half-written
+            return {}  # not published yet; atomic writes mean a file is never seen half-written
 
     def _serving(self, target: dict[str, Any]) -> bool:
         current = self.predictor.current
@@ -181,9 +202,18 @@ class ChampionWatcher(Follower):
         return load_version(self.name, target["version"], self.registry)
 
 
-def publish(pointer: Path, served: Served) -> None:
-    """Write what is served to ``pointer``, atomically: a follower never reads half of it."""
-    body = {"name": served.name, "version": served.version, "tag": served.tag}
+def publish(pointer: Path, served: Served | None) -> None:
+    """Write what is served (or that nothing is) to ``pointer``, atomically: never seen half-written.
+
+    ``server`` is the pid of the ``bentoml serve`` process whose workers these are: a follower starting up
+    waits for its own leader's word, not for a file left by an earlier run or another replica.
+    """
+    body = {
+        "name": served.name if served else None,
+        "version": served.version if served else None,
+        "tag": served.tag if served else None,
+        "server": os.getppid(),
+    }
     with atomic_write(pointer) as tmp:
         tmp.write_text(json.dumps(body))
 
