@@ -73,8 +73,8 @@ class Follower:
         self.check()
         if self.predictor.current is None:
             self._serve_newest_in_store()
-        if self.leads:
-            publish(self.pointer, self.predictor.current)
+        if self.leads and self.predictor.current is None:
+            publish(self.pointer, None)  # a swap publishes what it serves; nothing served is news too
         threading.Thread(target=self._loop, name="champion-watcher", daemon=True).start()
 
     def _await_leader(self) -> None:
@@ -123,7 +123,8 @@ class Follower:
 
     def _target(self) -> dict[str, Any] | None:
         """The version to serve as the leader published it (name, version, BentoML tag); None if none is."""
-        return self._published() if self._published().get("tag") else None
+        published = self._published()
+        return published if published.get("tag") else None
 
     def _published(self) -> dict[str, Any]:
         try:
