@@ -3,10 +3,10 @@
 One worker per service (BentoML's worker 1, the *leader*) asks the registry where the alias points every
 ``SWAP_POLL_SECONDS``. A new version is imported into the BentoML store if it is not there yet, loaded with
 ONNX Runtime, tried, swapped in between two batches, and published in a small pointer file under
-``MINDTRACE_HOME/serving``. The other workers (*followers*) watch that file and load the version it names from
-the store. So only the leader holds MLflow's client (about 100 MB); a follower loads it only if it answers a
-registry route. The import needs PyTorch to export the ONNX graph, so it runs as ``mindtrace registry import``
-in a child process: no worker ever imports torch.
+``MINDTRACE_HOME/serving``, one per server. The other workers (*followers*) of the same server watch that
+file and load the version it names from the store. So only the leader holds MLflow's client (about 160 MB); a
+follower loads it only if it answers a registry route. The import needs PyTorch to export the ONNX graph, so
+it runs as ``mindtrace registry import`` in a child process: no worker ever imports torch.
 
 >>> watcher = ChampionWatcher(predictor, Config(), Registry())   # doctest: +SKIP
 >>> watcher.start()                                              # doctest: +SKIP
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -56,7 +57,7 @@ class Follower:
         self.alias = section["MODEL_ALIAS"]
         self.interval = section.getfloat("SWAP_POLL_SECONDS")
         self.name = settings["MLFLOW"]["REGISTERED_MODEL"]
-        self.pointer = settings.home() / "serving" / f"{bento_model_name(self.name)}.{self.alias}.json"
+        self.pointer = pointer_path(settings.home(), bento_model_name(self.name), self.alias)
         self.last_error: str | None = None
         self._failed: tuple[str, float] | None = None  # (what, when)
         self._wake = threading.Event()
@@ -73,15 +74,19 @@ class Follower:
         self.check()
         if self.predictor.current is None:
             self._serve_newest_in_store()
-        if self.leads and self.predictor.current is None:
-            publish(self.pointer, None)  # a swap publishes what it serves; nothing served is news too
+        if self.leads:
+            prune_pointers(self.pointer.parent)
+            if self.predictor.current is None:
+                publish(self.pointer, None)  # a swap publishes what it serves; nothing served is news too
         threading.Thread(target=self._loop, name="champion-watcher", daemon=True).start()
 
     def _await_leader(self) -> None:
-        deadline = time.monotonic() + LEADER_WAIT_SECONDS
+        server, deadline = os.getppid(), time.monotonic() + LEADER_WAIT_SECONDS
         while not self.leads and time.monotonic() < deadline:
-            if self._published().get("server") == os.getppid():  # written by this server's leader
+            if self.pointer.exists():  # this server's own pointer: only its leader writes it
                 return
+            if os.getppid() != server:  # the server stopped while this worker was starting: stop too
+                raise RuntimeError("the server stopped before its leader worker said what it serves")
             time.sleep(0.2)
 
     def wake(self) -> None:
@@ -203,17 +208,40 @@ class ChampionWatcher(Follower):
         return load_version(self.name, target["version"], self.registry)
 
 
-def publish(pointer: Path, served: Served | None) -> None:
-    """Write what is served (or that nothing is) to ``pointer``, atomically: never seen half-written.
+def pointer_path(home: Path, model: str, alias: str) -> Path:
+    """The pointer of this worker's server: ``serving/<model>.<alias>/<host>-<server pid>-<its start>.json``.
 
-    ``server`` is the pid of the ``bentoml serve`` process whose workers these are: a follower starting up
-    waits for its own leader's word, not for a file left by an earlier run or another replica.
+    One file per ``bentoml serve`` process, so that a follower starting up waits for its own leader's word,
+    never for a file left by an earlier run (a restarted container reuses pids, hence the start time) or
+    written by another server sharing ``MINDTRACE_HOME`` (a replica, or the benchmark's twin servers).
     """
+    server = os.getppid()  # workers are children of the server's supervising process
+    try:  # its start time in clock ticks since boot (Linux); elsewhere the pid alone names the server
+        started = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return home / "serving" / f"{model}.{alias}" / f"{socket.gethostname()}-{server}-{started}.json"
+
+
+def prune_pointers(folder: Path) -> None:
+    """Remove the pointers of this host's servers that are gone (a leader does it at start-up)."""
+    host = socket.gethostname()
+    for path in folder.glob(f"{host}-*.json"):
+        pid = int(path.stem.rsplit("-", 2)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, and someone else's
+
+
+def publish(pointer: Path, served: Served | None) -> None:
+    """Write what is served (or that nothing is) to ``pointer``, atomically: never seen half-written."""
     body = {
         "name": served.name if served else None,
         "version": served.version if served else None,
         "tag": served.tag if served else None,
-        "server": os.getppid(),
     }
     with atomic_write(pointer) as tmp:
         tmp.write_text(json.dumps(body))

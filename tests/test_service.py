@@ -8,6 +8,7 @@ swap tests move the champion between versions 1 and 2.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.metadata
 import io
 import json
@@ -29,7 +30,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from PIL import Image
 
-from benchmarks.process import free_port, running
+from benchmarks.process import free_port, launched, running, wait_ready
 from mindtrace.config import Config
 from mindtrace.data.digits import mnist_test_digits
 from mindtrace.preprocess import preprocess
@@ -561,6 +562,44 @@ def test_an_unreachable_registry_is_a_503_while_inference_keeps_serving(server, 
         assert time.monotonic() - t0 < 20
         r = requests.post(url + "/inference", json={"image": digits[0][0]}, headers=INFER, timeout=10)
         assert r.status_code == 200 and r.json()["label"] == 7
+
+
+def test_two_servers_sharing_one_home_start_together_with_every_worker_serving(server, tmp_path, digits):
+    """Replicas (or the benchmark's twins) share MINDTRACE_HOME: each follower worker must hear its own
+    leader, not the other server's, so both servers start with both workers serving the champion."""
+    env = {**server.env, "MINDTRACE__SERVICE__WORKERS": "2"}
+    ports = [free_port(), free_port()]
+    serve = [str(BIN / "bentoml"), "serve", "service:svc", "--host", "127.0.0.1", "--port"]
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(launched([*serve, str(p)], tmp_path / f"serve-{p}.log", cwd=ROOT, env=env))
+            for p in ports
+        ]
+        for proc, port in zip(procs, ports, strict=True):
+            wait_ready(proc, f"http://127.0.0.1:{port}/readyz", tmp_path / f"serve-{port}.log", timeout=180)
+        champion = server.config()  # the version both must serve: the main server's champion
+        expected = Registry(config=champion).alias_target("mnist-mlp", "champion")
+        for port in ports:
+            url = f"http://127.0.0.1:{port}"
+            answers = _wait_for(
+                lambda url=url: (
+                    len(found := {(a["worker_pid"], a["model"]["version"]) for a in _models(url, 20)}) == 2
+                    and found
+                ),
+                60,
+                f"both workers of {url} to serve",
+            )
+            assert {version for _, version in answers} == {expected}
+            r = requests.post(url + "/inference", json={"image": digits[0][0]}, headers=INFER, timeout=30)
+            assert r.status_code == 200 and r.json()["model"]["version"] == expected
+    pointers = list((server.home / "serving").rglob("*.json"))
+    assert len({p.parent for p in pointers}) == 1 and len(pointers) >= 3  # one per server, in one folder
+
+
+def _models(url: str, n: int) -> list[dict]:
+    """What ``n`` requests to GET /model were told, workers chosen by the kernel."""
+    answers = [requests.get(url + "/model", timeout=30).json() for _ in range(n)]
+    return [a for a in answers if a["model"] is not None]
 
 
 def test_serving_workers_load_neither_torch_nor_training_plotting_or_benchmark_code(server, tmp_path, digits):
