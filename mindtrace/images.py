@@ -66,6 +66,9 @@ def decode_image(text: str, limits: ImageLimits = ImageLimits()) -> Image.Image:
         img = Image.open(io.BytesIO(raw), formats=limits.formats)
     except UnidentifiedImageError:
         raise _unreadable(raw, limits) from None
+    except Image.DecompressionBombError:  # beyond Pillow's own hard limit, which it checks in open
+        limit = f"{limits.max_pixels:,}"
+        raise ImageRejected(f"image declares too many pixels to open; the limit is {limit}", 413) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"not a readable image: {exc}") from None
     pixels = img.width * img.height

@@ -29,6 +29,7 @@ from mindtrace.registry.errors import RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent
 from service import control, metrics
 from service.batching import NotServing, Overloaded, Predictor
+from service.errors import error_response
 from service.guard import Guard, QuietClientErrors
 from service.schemas import (
     EXAMPLE_IMAGE,
@@ -104,7 +105,7 @@ class Mindtrace:
         try:
             pixels = digit_pixels(image, self.limits)[None]
         except ImageRejected as exc:
-            return _error(exc.status, f"image: {exc}")
+            return error_response(exc.status, f"image: {exc}")
         answer = await self._predict(pixels)
         if isinstance(answer, JSONResponse):
             return answer
@@ -123,7 +124,7 @@ class Mindtrace:
         try:
             pixels = batch_pixels(images, self.limits)
         except ImageRejected as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
         answer = await self._predict(pixels)
         if isinstance(answer, JSONResponse):
             return answer
@@ -140,9 +141,9 @@ class Mindtrace:
         try:
             probs, served = await self.predictor.predict(pixels)
         except NotServing:
-            return _error(503, HOW_TO_TRAIN)
+            return error_response(503, HOW_TO_TRAIN)
         except Overloaded as exc:
-            return _error(503, f"{exc}; retry shortly")
+            return error_response(503, f"{exc}; retry shortly")
         return probs, ModelRef(name=served.name, version=served.version)
 
     def move_alias(self, name: str, alias: str, version: str) -> AliasEvent | JSONResponse:
@@ -159,7 +160,7 @@ class Mindtrace:
                 raise
             except Exception as exc:  # noqa: BLE001 - a version that cannot be served must not become champion
                 message = f"version {version} of {name} cannot be loaded, so {alias} was not moved: {exc}"
-                return _error(409, message)
+                return error_response(409, message)
         event = self.registry.set_alias(name, alias, version, actor="api")
         if served is not None:
             self.watcher.serve(served, announce=True)
@@ -192,10 +193,6 @@ class Mindtrace:
         metrics.job_finished(state.status)
         if state.promoted:
             self.watcher.wake()
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 Mindtrace.mount_asgi_app(control.app, path="/")

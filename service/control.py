@@ -20,9 +20,10 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mindtrace.jobs import JobConflict, JobState
-from mindtrace.registry.errors import InvalidQueryError, NotFoundError, RegistryUnavailableError
+from mindtrace.registry.errors import RegistryError
 from mindtrace.registry.schemas import AliasEvent, ModelSummary, VersionInfo
 from mindtrace.train_config import TrainRequest
+from service.errors import domain_error, error_response
 from service.guard import describe_errors
 from service.schemas import AliasMove, ErrorBody
 
@@ -53,10 +54,6 @@ def _service() -> Any:
     return bentoml.get_current_service()
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
-
-
 @app.exception_handler(RequestValidationError)
 async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     return _fields_error(exc.errors())
@@ -64,27 +61,17 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 @app.exception_handler(StarletteHTTPException)
 async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, str(exc.detail), headers=exc.headers)  # a 405 keeps its Allow
 
 
-@app.exception_handler(NotFoundError)
-async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-    return _error(404, str(exc))
-
-
-@app.exception_handler(InvalidQueryError)
-async def _bad_query(_: Request, exc: InvalidQueryError) -> JSONResponse:
-    return _error(422, str(exc))
-
-
-@app.exception_handler(RegistryUnavailableError)
-async def _unavailable(_: Request, exc: RegistryUnavailableError) -> JSONResponse:
-    return _error(503, f"the model registry cannot be reached: {exc}; inference keeps serving")
+@app.exception_handler(RegistryError)
+async def _registry(_: Request, exc: RegistryError) -> JSONResponse:
+    return domain_error(exc)
 
 
 def _fields_error(errors: list[Any]) -> JSONResponse:
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
-    return _error(422, describe_errors(errors), detail=detail)
+    return error_response(422, describe_errors(errors), detail=detail)
 
 
 @app.post(
@@ -127,12 +114,12 @@ async def retrain(request: Request) -> JSONResponse:
     except ValidationError as exc:
         return _fields_error(exc.errors())
     except ValueError as exc:
-        return _error(422, str(exc))
+        return error_response(422, str(exc))
     svc = _service()
     try:
         job = await run_in_threadpool(svc.jobs.submit, train_request, svc.job_finished)
     except JobConflict as exc:
-        return _error(409, f"{exc}; follow it at /jobs/{exc.job.id}", job_id=exc.job.id)
+        return error_response(409, f"{exc}; follow it at /jobs/{exc.job.id}", job_id=exc.job.id)
     return JSONResponse({"job_id": job.id, "status": job.status}, status_code=202)
 
 
@@ -181,7 +168,7 @@ async def job(job_id: str) -> Any:
     try:
         return await run_in_threadpool(_service().jobs.get, job_id)
     except KeyError:
-        return _error(404, f"no job {job_id!r}; GET /jobs lists them")
+        return error_response(404, f"no job {job_id!r}; GET /jobs lists them")
 
 
 @app.get(

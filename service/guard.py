@@ -5,9 +5,12 @@
   inference routes. No header is a 401, a wrong token a 403. Tokens are compared in constant time and never
   logged or echoed.
 - Bodies over ``max_body_bytes`` get a 413, whether they announce their length or stream it.
+  The rest of a refused body is read and dropped first, so that the client always reads the 413.
 - Every error leaves as JSON with a readable ``error`` string: BentoML's validation errors (which name no
-  field), Starlette's plain-text 404 and 405, and BentoML's list-wrapped 4xx bodies are rewritten. Successful
-  responses pass through untouched, so the cost on the hot path is one status check.
+  field), Starlette's plain-text 404 and 405, and BentoML's list-wrapped 4xx bodies are rewritten; a 500,
+  or an exception that escapes a route, becomes a 500 with a request id that the log line carries too
+  (``service.errors``). Successful responses pass through untouched, so the cost on the hot path is one
+  status check.
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import new_request_id, unexpected
+
 INFERENCE_PATHS = ("/inference", "/inference/batch")
+# 5xx answers the service gives on purpose, each with its own message: no model or no registry (503), a
+# request past its time (504). Any other 5xx is a failure, answered with a request id only.
+KNOWN_5XX = (503, 504)
+# How much of a refused body is read and dropped before the 413, so the client reads it (see below).
+DRAIN_BYTES = 16 * 1024 * 1024
 
 
 class BodyTooLarge(Exception):
@@ -47,7 +57,7 @@ class Guard:
                 return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            await _send_json(send, 413, self._too_large())
+            await self._refuse_too_large(receive, send)
             return
 
         received = 0
@@ -65,6 +75,7 @@ class Guard:
 
         async def checked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
+                state["started"] = True
                 if message["status"] < 400 and received <= self.max_body_bytes:
                     state["pass"] = True
                     await send(message)
@@ -80,6 +91,12 @@ class Guard:
                 if received > self.max_body_bytes:
                     await _send_json(send, 413, self._too_large())
                     return
+                if start["status"] >= 500 and start["status"] not in KNOWN_5XX:
+                    state["request_id"] = request_id = new_request_id()
+                    detail = state["body"][:2000].decode("utf-8", "replace")
+                    body = unexpected(f"{method} {path} answered {start['status']}", detail, request_id)
+                    await _send_json(send, 500, body)
+                    return
                 status, body = _normalize(start["status"], state["body"], method, path)
                 headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in _REWRITTEN]
                 await _send_json(send, status, body, headers=headers)
@@ -87,8 +104,28 @@ class Guard:
         try:
             await self.app(scope, limited_receive, checked_send)
         except BodyTooLarge:
-            if "start" not in state and not state.get("pass"):
-                await _send_json(send, 413, self._too_large())
+            if not state.get("started"):
+                await self._refuse_too_large(receive, send, received)
+        except Exception as exc:  # noqa: BLE001 - whatever escapes a route is a logged 500, never a traceback
+            if state.get("started"):  # answered already (a framework's 500, rewritten above): log it only
+                unexpected(f"{method} {path} failed", "", state.get("request_id"), exc)
+            else:
+                await _send_json(send, 500, unexpected(f"{method} {path} failed", "", None, exc))
+
+    async def _refuse_too_large(self, receive: Receive, send: Send, received: int = 0) -> None:
+        """Read and drop the rest of the body (up to a bound), then answer 413.
+
+        A server that answers and closes while the client is still sending makes the client's kernel see a
+        reset, and the client may never read the 413; mature servers drain first, and so does this one.
+        """
+        more = True
+        while more and received <= max(DRAIN_BYTES, 4 * self.max_body_bytes):
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away
+            received += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        await _send_json(send, 413, self._too_large())
 
     def _token_for(self, method: str, path: str) -> bytes:
         if path in INFERENCE_PATHS:

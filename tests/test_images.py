@@ -40,6 +40,15 @@ def test_decompression_bomb_is_refused_from_its_header():
     assert decode_image(text, ImageLimits(max_pixels=10_000_000)).size == (3000, 3000)
 
 
+def test_a_bomb_beyond_pillows_own_hard_limit_is_413_too():
+    # 30,000 x 30,000 one-bit pixels: 146 kB of base64, and more than twice Pillow's warning limit, so
+    # Pillow itself refuses it in Image.open, before our check of the header could run.
+    text = _b64(Image.new("1", (30_000, 30_000)), "PNG")
+    with pytest.raises(ImageRejected, match="too many pixels to open; the limit is 4,194,304") as err:
+        decode_image(text)
+    assert err.value.status == 413
+
+
 @pytest.mark.parametrize("fmt", ["GIF", "PNG"])
 def test_animations_are_refused(fmt):
     frames = [Image.new("L", (28, 28), v) for v in (0, 128, 255)]

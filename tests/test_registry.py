@@ -39,7 +39,7 @@ from mindtrace.registry import (
 )
 from mindtrace.registry.aliases import check_alias, rollback_target
 from mindtrace.registry.bento import WEIGHTS_FILE
-from mindtrace.registry.errors import ERROR_CODES
+from mindtrace.registry.errors import ERROR_CODES, ConflictError
 from mindtrace.registry.filters import field_value, order, parse_condition, parse_order, sort_key
 from mindtrace.registry.gate import decide
 from mindtrace.registry.mlflow_errors import mlflow_errors
@@ -322,7 +322,7 @@ def test_alias_moves_and_exact_rollback(store):
     registry.set_alias(name, "champion", "4", reason="hotfix")  # a new move after rollbacks
     assert registry.rollback(name).version == "2"  # back to exactly what it replaced
     assert registry.rollback(name).version == "1"
-    with pytest.raises(RegistryError, match="no earlier version"):
+    with pytest.raises(ConflictError, match="no earlier version"):
         registry.rollback(name)
     assert registry.get_version(name, "champion").version == "1"
 
@@ -504,7 +504,7 @@ def test_the_filter_language_and_the_errors_import_without_mlflow():
         ("DEADLINE_EXCEEDED", RegistryUnavailableError),
         ("ENDPOINT_NOT_FOUND", RegistryUnavailableError),
         ("UNAUTHENTICATED", RegistryUnavailableError),
-        ("RESOURCE_ALREADY_EXISTS", RegistryError),
+        ("RESOURCE_ALREADY_EXISTS", ConflictError),
         ("INTERNAL_ERROR", RegistryError),
     ],
 )

@@ -265,6 +265,8 @@ def _bad_inputs(example: str) -> list[tuple[str, str, object, int, str]]:
         ("empty image", "/inference", {"image": ""}, 400, "empty image"),
         ("unsupported format", "/inference", {"image": _png(frames[0], "TIFF")}, 415, "TIFF images are not"),
         ("pixel bomb", "/inference", {"image": _png(Image.new("1", (4000, 4000)))}, 413, "16,000,000 pixels"),
+        # Beyond Pillow's own hard limit: Pillow refuses it in Image.open, before our header check.
+        ("huge bomb", "/inference", {"image": _png(Image.new("1", (30000, 30000)))}, 413, "too many pixels"),
         ("animated", "/inference", {"image": _png(frames[0], "GIF", save_all=True, append_images=frames[1:])},
          400, "2 frames"),
         ("empty batch", "/inference/batch", {"images": []}, 422, "images: List should have at least 1 item"),
@@ -295,11 +297,21 @@ def test_every_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, d
     r = requests.post(server.url + "/inference", data=chunks, headers=INFER, timeout=60)
     if r.status_code != 413:
         failures.append(("chunked body over 2 MB", r.status_code, r.text[:300]))
+    # Too much data is always answered with the 413, never a reset while the client is still sending.
+    big = json.dumps({"image": "A" * 3_000_000}).encode()
+    for _ in range(5):
+        r = requests.post(server.url + "/inference", data=big, headers=INFER, timeout=60)
+        if r.status_code != 413:
+            failures.append(("3 MB body", r.status_code, r.text[:300]))
     assert not failures
     data_url = server.infer("data:image/png;base64," + example)
     assert data_url.status_code == 200 and data_url.json()["label"] == 7
     assert server.get("/nope").json()["error"].startswith("no such endpoint")
     assert server.get("/inference", headers=INFER).status_code == 405
+    # Every 405 says what is allowed, on BentoML's routes and on the mounted control routes alike.
+    for method, path, allowed in (("GET", "/inference", "POST"), ("DELETE", "/registry/models", "GET")):
+        r = requests.request(method, server.url + path, headers=INFER, timeout=30)
+        assert r.status_code == 405 and r.headers.get("allow") == allowed, (path, r.headers)
     log = server.log.read_text()
     assert "Traceback" not in log
 
@@ -523,6 +535,12 @@ def test_registry_routes_answer_from_the_registry(server):
     bad = server.get("/registry/models/mnist-mlp/versions", params={"where": "bogus.key=1"})
     assert bad.status_code == 422 and "unknown key 'bogus.key'" in bad.json()["error"]
     assert server.post("/registry/models/mnist-mlp/aliases/champion", {}, ADMIN).status_code == 422
+    # An alias with no earlier version to go back to is a conflict with the registry's state, not a 500.
+    never_moved = server.post("/registry/models/mnist-mlp/aliases/zzz/rollback", None, ADMIN)
+    assert never_moved.status_code == 409 and "no earlier version" in never_moved.json()["error"]
+    odd = "/registry/models/%E2%80%AEx%C3%A9%F0%9F%98%80/aliases/champion"  # right-to-left mark, emoji
+    assert server.post(odd, {"version": "1"}, ADMIN).status_code == 404
+    assert server.post(odd + "/rollback", None, ADMIN).status_code == 404
 
 
 def test_metrics_count_predictions_models_and_swaps(server):

@@ -9,6 +9,7 @@ from importlib import import_module
 from typing import Any
 
 from mindtrace.registry.errors import (
+    ConflictError,
     InvalidQueryError,
     NotFoundError,
     RegistryError,
@@ -32,7 +33,14 @@ _LAZY = {
     "tracking_uri": "tracking",
 }
 
-__all__ = ["InvalidQueryError", "NotFoundError", "RegistryError", "RegistryUnavailableError", *_LAZY]
+__all__ = [
+    "ConflictError",
+    "InvalidQueryError",
+    "NotFoundError",
+    "RegistryError",
+    "RegistryUnavailableError",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

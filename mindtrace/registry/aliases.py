@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal
 
-from mindtrace.registry.errors import InvalidQueryError, NotFoundError, RegistryError
+from mindtrace.registry.errors import ConflictError, InvalidQueryError, NotFoundError
 from mindtrace.registry.mlflow_errors import mlflow_errors
 from mindtrace.registry.schemas import AliasEvent
 
@@ -204,7 +204,7 @@ class AliasMoves:
         name = self.model_name(name)
         target = rollback_target(self.alias_history(name, alias))
         if target is None:
-            raise RegistryError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
+            raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
         self.get_version(name, target)  # it may have been deleted since
         current = self.alias_target(name, alias)
         with mlflow_errors(f"model {name!r} has no version {target}"):

@@ -23,6 +23,11 @@ class InvalidQueryError(RegistryError, ValueError):
     """A filter, ordering, alias or name the registry cannot use."""
 
 
+class ConflictError(RegistryError):
+    """The registry's state does not allow the operation now: a rollback with no earlier version, a name
+    that exists already."""
+
+
 # MLflow's ``MlflowException.error_code`` names (mlflow/protos/databricks_pb2 ErrorCode), by the error each
 # becomes; any other code is a plain RegistryError. Connection failures arrive as INTERNAL_ERROR and are told
 # apart by the exception they chain (see mlflow_errors.translate), not by a code.
@@ -32,6 +37,8 @@ ERROR_CODES: dict[str, type[RegistryError]] = {
     "INVALID_PARAMETER_VALUE": InvalidQueryError,
     "BAD_REQUEST": InvalidQueryError,
     "MALFORMED_REQUEST": InvalidQueryError,
+    "RESOURCE_ALREADY_EXISTS": ConflictError,
+    "RESOURCE_CONFLICT": ConflictError,
     "TEMPORARILY_UNAVAILABLE": RegistryUnavailableError,
     "SERVICE_UNDER_MAINTENANCE": RegistryUnavailableError,
     "WORKSPACE_TEMPORARILY_UNAVAILABLE": RegistryUnavailableError,
@@ -54,6 +61,8 @@ def error_class(code: str | None) -> type[RegistryError]:
     >>> error_class("RESOURCE_DOES_NOT_EXIST").__name__
     'NotFoundError'
     >>> error_class("RESOURCE_ALREADY_EXISTS").__name__
+    'ConflictError'
+    >>> error_class("INTERNAL_ERROR").__name__
     'RegistryError'
     """
     return ERROR_CODES.get(code or "", RegistryError)

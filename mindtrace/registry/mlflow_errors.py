@@ -38,7 +38,7 @@ def translate(
     >>> translate(gone, "model 'm' has no version 9")
     NotFoundError("model 'm' has no version 9")
     >>> translate(RestException({"error_code": "RESOURCE_ALREADY_EXISTS", "message": "m exists"}), "")
-    RegistryError('RESOURCE_ALREADY_EXISTS: m exists')
+    ConflictError('RESOURCE_ALREADY_EXISTS: m exists')
     """
     kind = (codes or {}).get(exc.error_code) or error_class(exc.error_code)
     # requests' ConnectionError, Timeout and RetryError are OSErrors; MLflow chains them to an INTERNAL_ERROR.
