@@ -31,6 +31,7 @@ from service import control, metrics
 from service.batching import NotServing, Overloaded, Predictor
 from service.errors import error_response
 from service.guard import Guard, QuietClientErrors
+from service.openapi import Document
 from service.schemas import (
     EXAMPLE_IMAGE,
     MAX_BATCH,
@@ -38,7 +39,14 @@ from service.schemas import (
     InferenceResponse,
     ModelRef,
 )
-from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, SETTINGS, settings, settle_the_collector
+from service.settings import (
+    GUARD_OPTIONS,
+    SERVICE_CONFIG,
+    SETTINGS,
+    configured_tokens,
+    settings,
+    settle_the_collector,
+)
 
 if TYPE_CHECKING:
     from mindtrace.registry.query import Registry
@@ -99,7 +107,7 @@ class Mindtrace:
 
     @bentoml.api(route="/inference")
     async def inference(
-        self, image: Annotated[str, Field(description=IMAGE_DOC, examples=[EXAMPLE_IMAGE])]
+        self, image: Annotated[str, Field(min_length=1, description=IMAGE_DOC, examples=[EXAMPLE_IMAGE])]
     ) -> InferenceResponse:
         """Classify one image of a digit."""
         try:
@@ -116,7 +124,7 @@ class Mindtrace:
     async def inference_batch(
         self,
         images: Annotated[
-            list[str],
+            list[Annotated[str, Field(min_length=1)]],
             Field(min_length=1, max_length=MAX_BATCH, description=IMAGE_DOC, examples=[[EXAMPLE_IMAGE]]),
         ],
     ) -> BatchResponse:
@@ -197,4 +205,5 @@ class Mindtrace:
 
 Mindtrace.mount_asgi_app(control.app, path="/")
 Mindtrace.add_asgi_middleware(Guard, **GUARD_OPTIONS)
+Mindtrace.add_asgi_middleware(Document, tokens=configured_tokens(), schemas=control.SCHEMAS)
 svc = Mindtrace

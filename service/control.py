@@ -12,7 +12,7 @@ from pathlib import PurePath
 from typing import Annotated, Any
 
 import bentoml
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mindtrace.jobs import JobConflict, JobState
 from mindtrace.registry.errors import RegistryError
+from mindtrace.registry.filters import CONDITION_PATTERN, ORDER_PATTERN
+from mindtrace.registry.names import ALIAS_PATTERN, MODEL_NAME_PATTERN
 from mindtrace.registry.schemas import AliasEvent, ModelSummary, VersionInfo
 from mindtrace.train_config import TrainRequest
 from service.errors import domain_error, error_response
@@ -37,6 +39,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "the registry cannot be reached",
     }.items()
 }
+# The registry checks names, aliases and filters itself (422); the patterns only say so in the OpenAPI
+# document. They hold Python regular expressions (lookaheads included), which pydantic's own pattern check
+# does not run, hence json_schema_extra rather than pattern=.
+ModelName = Annotated[
+    str, Path(description="a registered model", json_schema_extra={"pattern": MODEL_NAME_PATTERN})
+]
+Alias = Annotated[
+    str,
+    Path(
+        description="letters, digits, '_' or '-', starting with a letter or '_'; not 'latest' or v<number>",
+        json_schema_extra={"pattern": ALIAS_PATTERN},
+    ),
+]
+# POST /retrain reads its body itself (JSON or an uploaded file), so its schema is written here; the models
+# it refers to go into the document's components (service.openapi.complete).
+TRAIN_SCHEMA = TrainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+SCHEMAS: dict[str, Any] = TRAIN_SCHEMA.pop("$defs", {})
 RETRAIN_EXAMPLE = {
     "epochs": 3,
     "learning_rate": 0.003,
@@ -89,10 +108,10 @@ def _fields_error(errors: list[Any]) -> JSONResponse:
     },
     openapi_extra={
         "requestBody": {
-            "required": True,
+            "required": False,  # an empty body trains with the defaults (`mindtrace config` shows them)
             "content": {
                 "application/json": {
-                    "schema": TrainRequest.model_json_schema(ref_template="#/components/schemas/{model}"),
+                    "schema": TRAIN_SCHEMA,
                     "example": RETRAIN_EXAMPLE,
                 },
                 "multipart/form-data": {
@@ -186,14 +205,21 @@ def models() -> list[ModelSummary]:
     responses=ERRORS,
 )
 def versions(
-    name: str,
+    name: ModelName,
     where: Annotated[
         list[str] | None,
         Query(
-            description="filters, all must hold: metrics.test_acc>=0.98, alias=champion, params.train.seed=3"
+            description="filters, all must hold: metrics.test_acc>=0.98, alias=champion, params.train.seed=3",
+            json_schema_extra={"items": {"type": "string", "pattern": CONDITION_PATTERN}},
         ),
     ] = None,
-    order_by: Annotated[str | None, Query(description="KEY [asc|desc], e.g. 'metrics.test_acc desc'")] = None,
+    order_by: Annotated[
+        str,
+        Query(
+            description="KEY [asc|desc], e.g. 'metrics.test_acc desc'; newest version first when empty",
+            json_schema_extra={"pattern": ORDER_PATTERN},
+        ),
+    ] = "",
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> list[VersionInfo]:
     return _service().registry.list_versions(name, where=where or [], order_by=order_by, limit=limit)
@@ -204,12 +230,12 @@ def versions(
     summary="One version's full metadata",
     responses=ERRORS,
 )
-def version(name: str, version_or_alias: str) -> VersionInfo:
+def version(name: ModelName, version_or_alias: str) -> VersionInfo:
     return _service().registry.get_version(name, version_or_alias)
 
 
 @app.get("/registry/models/{name}/history", summary="Every alias move, oldest first", responses=ERRORS)
-def history(name: str, alias: str | None = None) -> list[AliasEvent]:
+def history(name: ModelName, alias: str | None = None) -> list[AliasEvent]:
     return _service().registry.alias_history(name, alias)
 
 
@@ -222,7 +248,7 @@ def history(name: str, alias: str | None = None) -> list[AliasEvent]:
     },
     response_model=AliasEvent,
 )
-def move_alias(name: str, alias: str, move: AliasMove) -> Any:
+def move_alias(name: ModelName, alias: Alias, move: AliasMove) -> Any:
     return _service().move_alias(name, alias, move.version)
 
 
@@ -231,7 +257,7 @@ def move_alias(name: str, alias: str, move: AliasMove) -> Any:
     summary="Move an alias back to the version it held before its last move",
     responses=ERRORS,
 )
-def rollback(name: str, alias: str) -> AliasEvent:
+def rollback(name: ModelName, alias: Alias) -> AliasEvent:
     return _service().rollback(name, alias)
 
 

@@ -5,7 +5,8 @@
   inference routes. No header is a 401, a wrong token a 403. Tokens are compared in constant time and never
   logged or echoed.
 - Bodies over ``max_body_bytes`` get a 413, whether they announce their length or stream it.
-  The rest of a refused body is read and dropped first, so that the client always reads the 413.
+  The rest of a refused body is read and dropped first, so that the client always reads the 413. A form
+  or multipart body sent to an inference route is a 415 (the routes take JSON).
 - Every error leaves as JSON with a readable ``error`` string: BentoML's validation errors (which name no
   field), Starlette's plain-text 404 and 405, and BentoML's list-wrapped 4xx bodies are rewritten; a 500,
   or an exception that escapes a route, becomes a 500 with a request id that the log line carries too
@@ -29,8 +30,11 @@ INFERENCE_PATHS = ("/inference", "/inference/batch")
 # 5xx answers the service gives on purpose, each with its own message: no model or no registry (503), a
 # request past its time (504). Any other 5xx is a failure, answered with a request id only.
 KNOWN_5XX = (503, 504)
-# How much of a refused body is read and dropped before the 413, so the client reads it (see below).
+# How much of a refused body is read and dropped before the answer, so the client reads it (see below).
 DRAIN_BYTES = 16 * 1024 * 1024
+# Bodies the inference routes refuse with a 415: BentoML would read them as forms, and fail.
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+NOT_JSON = "send the body as JSON with 'Content-Type: application/json'; forms and uploads are not accepted"
 
 
 class BodyTooLarge(Exception):
@@ -49,7 +53,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path, method = scope["path"].rstrip("/") or "/", scope["method"]
-        token = self._token_for(method, path)
+        token = {"inference": self.inference_token, "api": self.api_token}.get(guarded_by(method, path), b"")
         if token:
             refusal = _check_bearer(scope, token)
             if refusal:
@@ -57,7 +61,10 @@ class Guard:
                 return
         length = _content_length(scope)
         if length is not None and length > self.max_body_bytes:
-            await self._refuse_too_large(receive, send)
+            await self._refuse(receive, send, 413, self._too_large())
+            return
+        if path in INFERENCE_PATHS and _media_type(scope) in FORM_TYPES:  # BentoML would parse it as a form
+            await self._refuse(receive, send, 415, {"error": NOT_JSON})
             return
 
         received = 0
@@ -105,15 +112,17 @@ class Guard:
             await self.app(scope, limited_receive, checked_send)
         except BodyTooLarge:
             if not state.get("started"):
-                await self._refuse_too_large(receive, send, received)
+                await self._refuse(receive, send, 413, self._too_large(), received)
         except Exception as exc:  # noqa: BLE001 - whatever escapes a route is a logged 500, never a traceback
             if state.get("started"):  # answered already (a framework's 500, rewritten above): log it only
                 unexpected(f"{method} {path} failed", "", state.get("request_id"), exc)
             else:
                 await _send_json(send, 500, unexpected(f"{method} {path} failed", "", None, exc))
 
-    async def _refuse_too_large(self, receive: Receive, send: Send, received: int = 0) -> None:
-        """Read and drop the rest of the body (up to a bound), then answer 413.
+    async def _refuse(
+        self, receive: Receive, send: Send, status: int, body: dict[str, str], received: int = 0
+    ) -> None:
+        """Read and drop the rest of the body (up to a bound), then answer ``status`` with ``body``.
 
         A server that answers and closes while the client is still sending makes the client's kernel see a
         reset, and the client may never read the 413; mature servers drain first, and so does this one.
@@ -125,20 +134,26 @@ class Guard:
                 break  # the client went away
             received += len(message.get("body", b""))
             more = message.get("more_body", False)
-        await _send_json(send, 413, self._too_large())
-
-    def _token_for(self, method: str, path: str) -> bytes:
-        if path in INFERENCE_PATHS:
-            return self.inference_token
-        if method == "POST" and (path == "/retrain" or path.startswith("/registry/")):
-            return self.api_token
-        return b""
+        await _send_json(send, status, body)
 
     def _too_large(self) -> dict[str, str]:
         return {"error": f"request body is larger than the limit of {self.max_body_bytes:,} bytes"}
 
 
 _REWRITTEN = {b"content-length", b"content-type"}
+
+
+def guarded_by(method: str, path: str) -> str | None:
+    """Which token guards a route, when it is set: ``"inference"``, ``"api"`` (state changes), or None.
+
+    >>> guarded_by("POST", "/registry/models/{name}/aliases/{alias}"), guarded_by("GET", "/jobs")
+    ('api', None)
+    """
+    if path in INFERENCE_PATHS:
+        return "inference"
+    if method == "POST" and (path == "/retrain" or path.startswith("/registry/")):
+        return "api"
+    return None
 
 
 class QuietClientErrors(logging.Filter):
@@ -171,6 +186,11 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def _media_type(scope: Scope) -> str:
+    header = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+    return header.split(b";", 1)[0].strip().lower().decode("latin-1")
 
 
 def _normalize(status: int, raw: bytes, method: str, path: str) -> tuple[int, dict[str, Any]]:

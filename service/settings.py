@@ -31,6 +31,11 @@ GUARD_OPTIONS: dict[str, Any] = {
 }
 
 
+def configured_tokens() -> set[str]:
+    """Which of the guard's tokens are set: ``"api"``, ``"inference"`` (``service.guard.guarded_by``)."""
+    return {kind for kind in ("api", "inference") if GUARD_OPTIONS[f"{kind}_token"]}
+
+
 def settle_the_collector() -> None:
     """Freeze a worker's start-up heap and raise the collector's thresholds (``GC_THRESHOLDS``).
 

@@ -6,6 +6,7 @@ their models into registered models of their own, so that no test depends on ano
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -20,6 +21,8 @@ import pytest
 import pytorch_lightning as pl
 import requests
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import ErrorCode
 from mlflow.tracking import MlflowClient
@@ -37,12 +40,21 @@ from mindtrace.registry import (
     load_bento_mlp,
     review,
 )
-from mindtrace.registry.aliases import check_alias, rollback_target
+from mindtrace.registry.aliases import rollback_target
 from mindtrace.registry.bento import WEIGHTS_FILE
 from mindtrace.registry.errors import ERROR_CODES, ConflictError
-from mindtrace.registry.filters import field_value, order, parse_condition, parse_order, sort_key
+from mindtrace.registry.filters import (
+    CONDITION_PATTERN,
+    ORDER_PATTERN,
+    field_value,
+    order,
+    parse_condition,
+    parse_order,
+    sort_key,
+)
 from mindtrace.registry.gate import decide
 from mindtrace.registry.mlflow_errors import mlflow_errors
+from mindtrace.registry.names import check_alias
 from mindtrace.registry.schemas import AliasEvent, VersionInfo
 from mindtrace.train import train
 from mindtrace.train_config import PromotionPolicy, TrainConfig
@@ -625,3 +637,24 @@ def test_the_embedded_store_raises_the_codes_the_registry_expects():
         ("set", "1"), ("set", "2"), ("remove", None), ("rollback", "2"),
     ]  # fmt: skip
     assert registry.list_models()[0].tags == {}  # the log stays out of listings
+
+
+def _accepted(parse, text: str) -> bool:
+    try:
+        parse(text)
+    except InvalidQueryError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(CONDITION_PATTERN) | st.text(max_size=30) | st.sampled_from(["version=1\n", "x=1"]))
+def test_the_documented_filter_pattern_admits_exactly_what_the_parser_accepts(text):
+    # The OpenAPI document publishes CONDITION_PATTERN; the registry parses with its own regex and key check.
+    assert bool(re.search(CONDITION_PATTERN, text)) == _accepted(parse_condition, text), repr(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(ORDER_PATTERN) | st.text(max_size=30) | st.sampled_from(["", "  ", "version DESC"]))
+def test_the_documented_ordering_pattern_admits_exactly_what_the_parser_accepts(text):
+    assert bool(re.search(ORDER_PATTERN, text)) == _accepted(parse_order, text), repr(text)

@@ -262,7 +262,8 @@ def _bad_inputs(example: str) -> list[tuple[str, str, object, int, str]]:
         ("unknown field only", "/inference", {"img": example}, 422, "image: Field required"),
         ("invalid base64", "/inference", {"image": "%%%not-base64%%%"}, 400, "invalid base64"),
         ("not an image", "/inference", {"image": base64.b64encode(b"hi" * 50).decode()}, 400, "not an image"),
-        ("empty image", "/inference", {"image": ""}, 400, "empty image"),
+        ("empty image", "/inference", {"image": ""}, 422, "image: String should have at least 1 character"),
+        ("empty in batch", "/inference/batch", {"images": [example, ""]}, 422, "images.1: String should"),
         ("unsupported format", "/inference", {"image": _png(frames[0], "TIFF")}, 415, "TIFF images are not"),
         ("pixel bomb", "/inference", {"image": _png(Image.new("1", (4000, 4000)))}, 413, "16,000,000 pixels"),
         # Beyond Pillow's own hard limit: Pillow refuses it in Image.open, before our header check.
@@ -287,6 +288,20 @@ def test_every_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, d
     raw = [
         ("not JSON", b'{"image": ', {"Content-Type": "application/json"}, 400, "not valid JSON"),
         ("body over 2 MB", json.dumps({"image": "A" * 2_200_000}).encode(), {}, 413, "larger than the limit"),
+        (
+            "a form",
+            b"image=abc",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+            "send the body as",
+        ),
+        (
+            "multipart",
+            b"--x\r\n\r\n--x--",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            415,
+            "as JSON",
+        ),
     ]
     for name, data, headers, status, message in raw:
         r = requests.post(server.url + "/inference", data=data, headers={**INFER, **headers}, timeout=60)

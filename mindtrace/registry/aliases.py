@@ -15,13 +15,13 @@ the functions here know the log format and the alias rules and need no registry.
 from __future__ import annotations
 
 import getpass
-import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal
 
-from mindtrace.registry.errors import ConflictError, InvalidQueryError, NotFoundError
+from mindtrace.registry.errors import ConflictError, NotFoundError
 from mindtrace.registry.mlflow_errors import mlflow_errors
+from mindtrace.registry.names import check_alias
 from mindtrace.registry.schemas import AliasEvent
 
 if TYPE_CHECKING:
@@ -31,35 +31,6 @@ if TYPE_CHECKING:
 
 ALIAS_LOG_PREFIX = "mindtrace.alias_log."
 Action = Literal["set", "rollback", "remove"]
-
-# Stricter than MLflow's ``_validate_model_alias_name`` (``[\w\-]*``, at most 255 characters): the first
-# character must be a letter or '_', so an alias never reads as a version number (``get_version("3")``).
-_ALIAS = re.compile(r"[A-Za-z_][\w\-]{0,254}")
-_VERSION_LIKE = re.compile(r"[vV]\d+")  # MLflow reserves these, as it does "latest"
-
-
-def check_alias(alias: str) -> str:
-    """``alias`` if MLflow and this registry accept it as an alias name; else :class:`InvalidQueryError`.
-
-    >>> check_alias("champion")
-    'champion'
-    >>> for bad in ("latest", "v3", "42", "has space", "ok\\n"):
-    ...     try:
-    ...         check_alias(bad)
-    ...     except InvalidQueryError:
-    ...         print("refused", repr(bad))
-    refused 'latest'
-    refused 'v3'
-    refused '42'
-    refused 'has space'
-    refused 'ok\\n'
-    """
-    if not _ALIAS.fullmatch(alias) or alias.lower() == "latest" or _VERSION_LIKE.fullmatch(alias):
-        raise InvalidQueryError(
-            f"invalid alias {alias!r}: use letters, digits, '_' or '-', starting with a letter; not 'latest' "
-            "or v<number>"
-        )
-    return alias
 
 
 def model_aliases(model: RegisteredModel) -> dict[str, str]:
@@ -201,7 +172,7 @@ class AliasMoves:
         >>> Registry().rollback(None, "champion").version   # doctest: +SKIP
         '2'
         """
-        name = self.model_name(name)
+        name, alias = self.model_name(name), check_alias(alias)
         target = rollback_target(self.alias_history(name, alias))
         if target is None:
             raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")

@@ -31,6 +31,12 @@ FIELDS = ("version", "alias", "status", "run_id", "created_at", "updated_at")
 PREFIXES = ("metrics.", "params.", "tags.", "run_tags.")
 
 _CONDITION = re.compile(r"^\s*(?P<key>[A-Za-z_][\w.\-]*)\s*(?P<op>>=|<=|!=|==|=|>|<)\s*(?P<value>.*?)\s*$")
+# The same grammar as JSON Schema patterns, for the HTTP API's OpenAPI document: what they match is what
+# parse_condition and parse_order accept (tests/test_registry.py holds them to it).
+_KEYS = "|".join(FIELDS)
+_PREFIXES = "|".join(p.rstrip(".") for p in PREFIXES)
+CONDITION_PATTERN = rf"^\s*(?:{_KEYS}|(?:{_PREFIXES})\.[\w.\-]+)\s*(?:>=|<=|!=|==|=|>|<)\s*.*?\s*$"
+ORDER_PATTERN = rf"^\s*(?:(?:{_KEYS}|(?:{_PREFIXES})\.\S+)(?:\s+(?:[Aa][Ss][Cc]|[Dd][Ee][Ss][Cc]))?\s*)?$"
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b,
     "==": lambda a, b: a == b,
@@ -134,9 +140,9 @@ def parse_order(text: str | None) -> tuple[str, bool]:
     >>> parse_order("metrics.test_acc desc"), parse_order("version"), parse_order(None)
     (('metrics.test_acc', True), ('version', False), ('version', True))
     """
-    if not text:
+    parts = (text or "").split()
+    if not parts:
         return "version", True
-    parts = text.split()
     direction = parts[1].lower() if len(parts) == 2 else "asc"
     if len(parts) > 2 or direction not in ("asc", "desc"):
         raise InvalidQueryError(f"cannot read the ordering {text!r}: write KEY [asc|desc]")

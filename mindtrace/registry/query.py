@@ -29,6 +29,7 @@ from mindtrace.registry.aliases import AliasMoves, aliases_by_version, is_log_ta
 from mindtrace.registry.errors import InvalidQueryError, NotFoundError, RegistryError, error_class
 from mindtrace.registry.filters import order, parse_condition, parse_order
 from mindtrace.registry.mlflow_errors import mlflow_errors
+from mindtrace.registry.names import check_model_name
 from mindtrace.registry.schemas import AliasEvent, Comparison, MetricDelta, ModelSummary, VersionInfo
 from mindtrace.registry.tracking import tracking_uri as configured_uri
 from mindtrace.utils import ifnone
@@ -244,10 +245,7 @@ class Registry(AliasMoves):
         >>> Registry().model_name(None)   # doctest: +SKIP
         'mnist-mlp'
         """
-        name = ifnone(name, self.default_name)
-        if not name or "'" in name or '"' in name or "\\" in name:
-            raise InvalidQueryError(f"invalid model name {name!r}")
-        return name
+        return check_model_name(ifnone(name, self.default_name))
 
     def _registered(self, name: str) -> RegisteredModel:
         try:
