@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -38,6 +39,8 @@ Status = Literal["queued", "running", "succeeded", "failed"]
 ACTIVE: tuple[Status, ...] = ("queued", "running")
 # Jobs yield the CPU to inference: niceness 10 gives a job about a tenth of a busy core.
 NICENESS = 10
+# A job id names its folder, so nothing else may pass for one (no '..', no '/'): its time, then random hex.
+JOB_ID_PATTERN = r"^\d{8}-\d{6}-[0-9a-f]{6}$"
 
 
 class JobProgress(BaseModel):
@@ -122,7 +125,7 @@ class JobStore:
     def get(self, job_id: str) -> JobState:
         """The state of job ``job_id``; raises KeyError when there is no such job."""
         path = self.root / job_id / "state.json"
-        if "/" in job_id or job_id.startswith(".") or not path.is_file():
+        if not re.fullmatch(JOB_ID_PATTERN, job_id) or not path.is_file():
             raise KeyError(job_id)
         state = JobState.model_validate_json(path.read_text())
         if state.status in ACTIVE and not _locked(self.root / job_id / "lock"):

@@ -27,10 +27,10 @@ from mindtrace.jobs import JobState, JobStore
 from mindtrace.predict import batch_pixels, digit_pixels
 from mindtrace.registry.errors import RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent
-from service import control, metrics
+from service import control, logs, metrics
 from service.batching import NotServing, Overloaded, Predictor
 from service.errors import error_response
-from service.guard import Guard, QuietClientErrors
+from service.guard import Guard
 from service.openapi import Document
 from service.schemas import (
     EXAMPLE_IMAGE,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", SETTINGS["REGISTRY_TIMEOUT_SECONDS"])
 log = logging.getLogger("mindtrace.service")
-logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
+logs.install()  # BentoML configured the worker's logging before it imported this module
 IMAGE_DOC = "base64 PNG, JPEG, BMP or GIF (one frame); a data:image/...;base64, prefix is allowed"
 HOW_TO_TRAIN = (
     "no model is being served yet: train one with `mindtrace train` and import it with "

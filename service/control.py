@@ -19,14 +19,14 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mindtrace.jobs import JobConflict, JobState
+from mindtrace.jobs import JOB_ID_PATTERN, JobConflict, JobState
 from mindtrace.registry.errors import RegistryError
 from mindtrace.registry.filters import CONDITION_PATTERN, ORDER_PATTERN
 from mindtrace.registry.names import ALIAS_PATTERN, MODEL_NAME_PATTERN
 from mindtrace.registry.schemas import AliasEvent, ModelSummary, VersionInfo
 from mindtrace.train_config import TrainRequest
 from service.errors import domain_error, error_response
-from service.guard import describe_errors
+from service.guard import describe_errors, error_details
 from service.schemas import AliasMove, ErrorBody
 
 app = FastAPI(title="mindtrace control", docs_url=None, redoc_url=None, openapi_url=None)
@@ -89,8 +89,7 @@ async def _registry(_: Request, exc: RegistryError) -> JSONResponse:
 
 
 def _fields_error(errors: list[Any]) -> JSONResponse:
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
-    return error_response(422, describe_errors(errors), detail=detail)
+    return error_response(422, describe_errors(errors), detail=error_details(errors))
 
 
 @app.post(
@@ -183,7 +182,7 @@ async def jobs(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[JobStat
     response_model=JobState,
     responses={404: ERRORS[404]},
 )
-async def job(job_id: str) -> Any:
+async def job(job_id: Annotated[str, Path(json_schema_extra={"pattern": JOB_ID_PATTERN})]) -> Any:
     try:
         return await run_in_threadpool(_service().jobs.get, job_id)
     except KeyError:

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import new_request_id, unexpected
@@ -156,18 +154,6 @@ def guarded_by(method: str, path: str) -> str | None:
     return None
 
 
-class QuietClientErrors(logging.Filter):
-    """BentoML logs every invalid request with a full traceback at ERROR; a client's mistake gets one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (ValidationError, BodyTooLarge)):
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg = "refused an invalid request: %s [%s]"
-        return True
-
-
 def _check_bearer(scope: Scope, token: bytes) -> tuple[int, dict[str, str]] | None:
     header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
     scheme, _, given = header.partition(b" ")
@@ -223,7 +209,15 @@ def _validation(errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
     """BentoML's pydantic errors as one readable line naming each field, e.g. ``image: Field required``."""
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, {"error": "the request body is not valid JSON"}
-    return 422, {"error": describe_errors(errors), "detail": errors}
+    return 422, {"error": describe_errors(errors), "detail": error_details(errors)}
+
+
+def error_details(errors: list[Any]) -> list[dict[str, Any]]:
+    """Where and why, for each pydantic error; not its ``input`` (the client's own data, sometimes megabytes)
+    nor its ``url`` (which names pydantic's version)."""
+    return [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors
+    ]
 
 
 def describe_errors(errors: list[dict[str, Any]]) -> str:

@@ -9,7 +9,7 @@ import pytest
 import mindtrace
 
 # The service's modules that a test may import without booting the service.
-SERVICE = ["service.errors", "service.guard", "service.openapi"]
+SERVICE = ["service.errors", "service.guard", "service.logs", "service.openapi"]
 MODULES = sorted(m.name for m in pkgutil.walk_packages(mindtrace.__path__, "mindtrace.")) + SERVICE
 
 

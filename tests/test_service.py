@@ -331,6 +331,40 @@ def test_every_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, d
     assert "Traceback" not in log
 
 
+def test_a_request_cannot_forge_or_disguise_a_log_line(server):
+    forged = "2026-01-01T00:00:00+0000 [ERROR] [forged] admin token leaked"
+    for path in (f"/nope%0A{forged}", "/registry/models/%E2%80%AEx%00y/versions", "/nope%1B%5B31mred"):
+        assert server.get(path).status_code in (404, 422)
+    time.sleep(0.5)  # the access log line is written after the answer
+    text = server.log.read_text()
+    assert "[forged]" in text  # the line was logged, escaped within it
+    assert not any(line.startswith(forged) for line in text.splitlines())
+    assert "\u202e" not in text and "\x00" not in text and "\x1b" not in text
+
+
+def test_cors_is_closed_and_no_answer_names_a_version_or_shows_a_traceback(server):
+    preflight = requests.options(
+        server.url + "/inference",
+        headers={"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"},
+        timeout=30,
+    )
+    assert "access-control-allow-origin" not in {k.lower() for k in preflight.headers}
+    answers = [
+        server.get("/nope"),
+        server.post("/inference", {"image": "@@"}, INFER),
+        server.post("/inference", {}, INFER),
+        server.post("/retrain", {"epochs": "many"}, ADMIN),
+        requests.post(server.url + "/inference", data=b"{", headers=INFER, timeout=30),
+    ]
+    versions = {
+        importlib.metadata.version(p) for p in ("bentoml", "mlflow", "fastapi", "starlette", "pydantic")
+    }
+    for r in answers:
+        shown = r.text + " ".join(r.headers.values())  # BentoML's "server" header names it, with no version
+        assert 400 <= r.status_code < 500 and "Traceback" not in r.text
+        assert not [v for v in versions if v in shown], shown
+
+
 # --- auth, docs, metrics ------------------------------------------------------------------------------------
 
 
