@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -319,6 +320,27 @@ def test_unknown_models_versions_and_aliases_are_clear_errors(store):
 
 
 # --- aliases: promotion and exact rollback -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_concurrent_alias_moves_keep_the_log_exact(store):
+    """Four movers (each its own client, as the API's workers and a retraining job are) move one alias at
+    once: every logged move starts where the one before it ended, and rollback still restores exactly."""
+    name = _copy_model(store, 3)
+
+    def mover(k: int) -> None:
+        registry = Registry(store.registry.tracking_uri, store.config)
+        for i in range(6):
+            registry.set_alias(name, "champion", str((k + i) % 3 + 1), reason=f"{k}-{i}", actor=f"mover-{k}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(mover, range(4)))
+    history = store.registry.alias_history(name, "champion")
+    assert len(history) >= 12  # moves to where the alias already points are not moves, and not logged
+    for before, after in zip(history, history[1:], strict=False):
+        assert after.previous == before.version, (before, after)
+    assert history[-1].version == store.registry.alias_target(name, "champion")
+    assert store.registry.rollback(name, "champion").version == history[-1].previous
 
 
 @pytest.mark.slow

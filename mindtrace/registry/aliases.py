@@ -14,8 +14,10 @@ the functions here know the log format and the alias rules and need no registry.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal
 
@@ -23,6 +25,7 @@ from mindtrace.registry.errors import ConflictError, NotFoundError
 from mindtrace.registry.mlflow_errors import mlflow_errors
 from mindtrace.registry.names import check_alias
 from mindtrace.registry.schemas import AliasEvent
+from mindtrace.utils import exclusive_lock
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import RegisteredModel
@@ -133,14 +136,15 @@ class AliasMoves:
         """
         name = self.model_name(name)
         check_alias(alias)
-        target = self.get_version(name, str(version)).version  # a clear error for an unknown version
-        previous = self.alias_target(name, alias)
-        event = _event(alias, target, previous, "set", reason, actor)
-        if previous == target:
-            return event
-        with mlflow_errors(f"model {name!r} has no version {target}"):
-            self.client.set_registered_model_alias(name, alias, target)
-        self._log(name, event)
+        with self._moving(name):
+            target = self.get_version(name, str(version)).version  # a clear error for an unknown version
+            previous = self.alias_target(name, alias)
+            event = _event(alias, target, previous, "set", reason, actor)
+            if previous == target:
+                return event
+            with mlflow_errors(f"model {name!r} has no version {target}"):
+                self.client.set_registered_model_alias(name, alias, target)
+            self._log(name, event)
         return event
 
     def remove_alias(
@@ -151,13 +155,14 @@ class AliasMoves:
         >>> Registry().remove_alias(None, "challenger", reason="rejected")   # doctest: +SKIP
         """
         name = self.model_name(name)
-        previous = self.alias_target(name, alias)
-        if previous is None:
-            raise NotFoundError(f"model {name!r} has no alias {alias!r}")
-        with mlflow_errors(f"model {name!r} has no alias {alias!r}"):
-            self.client.delete_registered_model_alias(name, alias)
-        event = _event(alias, None, previous, "remove", reason, actor)
-        self._log(name, event)
+        with self._moving(name):
+            previous = self.alias_target(name, alias)
+            if previous is None:
+                raise NotFoundError(f"model {name!r} has no alias {alias!r}")
+            with mlflow_errors(f"model {name!r} has no alias {alias!r}"):
+                self.client.delete_registered_model_alias(name, alias)
+            event = _event(alias, None, previous, "remove", reason, actor)
+            self._log(name, event)
         return event
 
     def rollback(
@@ -173,16 +178,27 @@ class AliasMoves:
         '2'
         """
         name, alias = self.model_name(name), check_alias(alias)
-        target = rollback_target(self.alias_history(name, alias))
-        if target is None:
-            raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
-        self.get_version(name, target)  # it may have been deleted since
-        current = self.alias_target(name, alias)
-        with mlflow_errors(f"model {name!r} has no version {target}"):
-            self.client.set_registered_model_alias(name, alias, target)
-        event = _event(alias, target, current, "rollback", reason, actor)
-        self._log(name, event)
+        with self._moving(name):
+            target = rollback_target(self.alias_history(name, alias))
+            if target is None:
+                raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
+            self.get_version(name, target)  # it may have been deleted since
+            current = self.alias_target(name, alias)
+            with mlflow_errors(f"model {name!r} has no version {target}"):
+                self.client.set_registered_model_alias(name, alias, target)
+            event = _event(alias, target, current, "rollback", reason, actor)
+            self._log(name, event)
         return event
+
+    @contextlib.contextmanager
+    def _moving(self: Registry, name: str) -> Iterator[None]:
+        """One alias move of a model at a time, across this machine's processes (the API's workers, retraining
+        jobs, the CLI): a move reads where the alias points and appends to the log, and two moves interleaved
+        would log one over the other. A file lock under ``MINDTRACE_HOME``, one per registry and model."""
+        key = hashlib.sha256(f"{self.tracking_uri}\0{name}".encode()).hexdigest()[:16]
+        lock = self.config.home() / "locks" / f"alias-moves-{key}.lock"
+        with exclusive_lock(lock, f"another alias move of {name!r}"):
+            yield
 
     def _log(self: Registry, name: str, event: AliasEvent) -> None:
         key = next_log_key(self._registered(name).tags)
