@@ -54,10 +54,17 @@ def error_response(
 
 
 def domain_error(exc: Exception) -> JSONResponse:
-    """The answer for a domain error; an exception that is none is handed to :func:`unexpected`."""
+    """The answer for a domain error; an exception that is none is handed to :func:`unexpected`.
+
+    >>> domain_error(ConflictError("no earlier version")).status_code
+    409
+    >>> import json
+    >>> sorted(json.loads(domain_error(RuntimeError("MLflow said INTERNAL_ERROR")).body))
+    ['error', 'request_id']
+    """
     status = status_of(exc)
     if status == 500:
-        return error_response(500, **unexpected("an unexpected error", exc=exc))
+        return JSONResponse(unexpected("an unexpected error", exc=exc), status_code=500)
     if isinstance(exc, RegistryUnavailableError):
         return error_response(503, f"the model registry cannot be reached: {exc}; inference keeps serving")
     return error_response(status, str(exc))

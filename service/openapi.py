@@ -89,10 +89,9 @@ def _complete_operation(path: str, method: str, op: dict[str, Any], tokens: set[
     if guarded_by(method, path) in tokens:
         codes |= {"401", "403"}
         op["security"] = [{"bearer": []}]
-    for code in sorted(codes):
+    for code in sorted(codes):  # every one an error, answered with ErrorBody
         responses.setdefault(code, {"description": WHY[code]})
-        if code != "200":
-            responses[code]["content"] = {"application/json": {"schema": ERROR_REF}}
+        responses[code]["content"] = {"application/json": {"schema": ERROR_REF}}
 
 
 def _openapi_30(node: Any, nullable: bool = True) -> Any:
