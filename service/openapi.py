@@ -18,17 +18,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.guard import INFERENCE_PATHS, guarded_by
+from service.schemas import ErrorBody
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
-ERROR_SCHEMA = {
-    "title": "ErrorBody",
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {"type": "string", "description": "what went wrong, naming the field or image at fault"},
-        "request_id": {"type": "string", "description": "with a 500: the id the service's log carries"},
-    },
-}
 WHY = {
     "400": "invalid JSON, base64 or image bytes, or an animated image",
     "401": "no bearer token, where the service requires one",
@@ -51,7 +43,7 @@ def complete(spec: dict[str, Any], tokens: set[str], schemas: dict[str, Any] | N
     hand-written request bodies refer to.
     """
     spec.setdefault("components", {}).setdefault("schemas", {}).update(
-        {**(schemas or {}), "ErrorBody": ERROR_SCHEMA}
+        {**(schemas or {}), "ErrorBody": ErrorBody.model_json_schema()}
     )
     for name in ("InvalidArgument", "NotFound", "InternalServerError"):  # BentoML's generic error bodies
         spec["components"]["schemas"].pop(name, None)
@@ -66,8 +58,8 @@ def complete(spec: dict[str, Any], tokens: set[str], schemas: dict[str, Any] | N
 
 def _complete_operation(path: str, method: str, op: dict[str, Any], tokens: set[str]) -> None:
     responses = op["responses"]
-    for code in ("400", "404", "500"):  # BentoML lists these on every inference route, with its own bodies
-        if path in INFERENCE_PATHS:
+    if path in INFERENCE_PATHS:  # BentoML lists 400, 404 and 500 on each, with bodies of its own
+        for code in ("400", "404", "500"):
             responses.pop(code, None)
     codes = {"500"}
     if "requestBody" in op:

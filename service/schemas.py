@@ -41,4 +41,10 @@ class AliasMove(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str = Field(examples=["images[2]: invalid base64: Incorrect padding"])
+    """Every error answer (``service.errors``)."""
+
+    error: str = Field(
+        examples=["images[2]: invalid base64: Incorrect padding"],
+        description="what went wrong, naming the field or image at fault",
+    )
+    request_id: str | None = Field(None, description="with a 500: the id the service's log carries")
