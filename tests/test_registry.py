@@ -311,6 +311,12 @@ def test_unknown_models_versions_and_aliases_are_clear_errors(store):
         registry.get_version(None, "42")
     with pytest.raises(NotFoundError, match="has no alias 'staging'"):
         registry.get_version(None, "staging")
+    with pytest.raises(
+        NotFoundError, match="has no version 9999"
+    ):  # beyond a 64-bit integer (found by fuzzing)
+        registry.get_version(None, "9" * 30)
+    with pytest.raises(NotFoundError, match="has no alias '²'"):  # a digit to str.isdigit, not to int()
+        registry.get_version(None, "²")
     with pytest.raises(NotFoundError):
         registry.list_versions("nope")
     with pytest.raises(NotFoundError):

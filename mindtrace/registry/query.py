@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from mindtrace.models import MLPNet
 
 # callback.py and gate.py import the tags and RegistryError from here.
+# MLflow's stores keep version numbers as 64-bit integers.
+MAX_VERSION = 2**63 - 1
 __all__ = ["ARTIFACT_TAG_PREFIX", "DATA_DIGEST_TAG", "Registry", "RegistryError"]
 
 ARTIFACT_TAG_PREFIX = "mindtrace.artifact."  # run tags naming artifacts: mindtrace.artifact.checkpoint = path
@@ -127,7 +129,11 @@ class Registry(AliasMoves):
         ref = str(ref).strip()
         model = self._registered(name)
         try:
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit():
+                if (
+                    int(ref) > MAX_VERSION
+                ):  # no store holds it, and SQLite would fail on it rather than say so
+                    raise NotFoundError(f"model {name!r} has no version {ref}")
                 with mlflow_errors(f"model {name!r} has no version {ref}"):
                     version = self.client.get_model_version(name, ref)
             else:
