@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import bentoml
 import numpy as np
@@ -29,6 +29,7 @@ from mindtrace.registry.errors import RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent
 from service import control, logs, metrics
 from service.batching import NotServing, Overloaded, Predictor
+from service.deadline import Bounded
 from service.errors import error_response
 from service.guard import Guard
 from service.openapi import Document
@@ -90,11 +91,13 @@ class Mindtrace:
 
     @property
     def registry(self) -> Registry:
-        """The registry client; a follower worker loads MLflow's client the first time it needs it."""
+        """The registry client, every call bounded in time (``service.deadline``); a follower worker loads
+        MLflow's client the first time it needs it."""
         if self._registry is None:
             from mindtrace.registry.query import Registry
 
-            self._registry = Registry(config=settings)
+            seconds = SETTINGS.getfloat("REGISTRY_TIMEOUT_SECONDS")
+            self._registry = cast("Registry", Bounded(Registry(config=settings), seconds))
             gc.freeze()  # MLflow's modules live as long as the worker, like the rest of its start-up heap
         return self._registry
 

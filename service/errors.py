@@ -66,7 +66,7 @@ def domain_error(exc: Exception) -> JSONResponse:
     if status == 500:
         return JSONResponse(unexpected("an unexpected error", exc=exc), status_code=500)
     if isinstance(exc, RegistryUnavailableError):
-        return error_response(503, f"the model registry cannot be reached: {exc}; inference keeps serving")
+        return error_response(503, f"{exc}; inference keeps serving", headers={"Retry-After": "5"})
     return error_response(status, str(exc))
 
 

@@ -10,7 +10,11 @@ What MLflow 3.17 raises, against the embedded SQLite store and an ``mlflow serve
   5xx/429 answers once the retries are spent): a plain ``MlflowException`` with ``INTERNAL_ERROR``, raised
   while handling a ``requests`` exception; the code alone cannot tell it from a server's own failure, so
   :func:`translate` looks at that chained exception, which is an ``OSError``;
-- an address that answers with a non-MLflow 404 page: ``ENDPOINT_NOT_FOUND``.
+- an address that answers with a non-MLflow 404 page: ``ENDPOINT_NOT_FOUND``;
+- the embedded SQLite store locked by another process past MLflow's 20 s busy timeout ("database is locked"),
+  a folder that is gone ("unable to open database file"), a file that is no database, a full disk:
+  SQLAlchemy's ``OperationalError`` or plain ``DatabaseError``, raised as they are. Constraint violations
+  and other SQL errors are MLflow's bugs or ours, not an unavailable store, and stay plain registry errors.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from mindtrace.registry.errors import NotFoundError, RegistryError, RegistryUnavailableError, error_class
 
@@ -40,9 +45,12 @@ def translate(
     >>> translate(RestException({"error_code": "RESOURCE_ALREADY_EXISTS", "message": "m exists"}), "")
     ConflictError('RESOURCE_ALREADY_EXISTS: m exists')
     """
+    cause = exc.__cause__ or exc.__context__
+    if _store_failed(cause):  # MLflow calls a corrupt SQLite file a BAD_REQUEST: the store decides here
+        return store_unavailable(cause)
     kind = (codes or {}).get(exc.error_code) or error_class(exc.error_code)
     # requests' ConnectionError, Timeout and RetryError are OSErrors; MLflow chains them to an INTERNAL_ERROR.
-    if kind is RegistryError and isinstance(exc.__cause__ or exc.__context__, OSError):
+    if kind is RegistryError and isinstance(cause, OSError):
         kind = RegistryUnavailableError
     if kind is NotFoundError:
         return NotFoundError(missing)
@@ -65,5 +73,25 @@ def mlflow_errors(missing: str, codes: Mapping[str, type[RegistryError]] | None 
         yield
     except MlflowException as exc:
         raise translate(exc, missing, codes) from None
-    except OSError as exc:  # a database file that cannot be opened, a refused connection
+    except OSError as exc:  # a refused connection, an artifact folder that cannot be read
         raise RegistryUnavailableError(f"{UNREACHABLE}: {exc}") from None
+    except DatabaseError as exc:  # raised outside MLflow's sessions: opening the store, reading its tables
+        if not _store_failed(exc):
+            raise
+        raise store_unavailable(exc) from None
+
+
+def _store_failed(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is the SQL store itself failing (locked, gone, no database, full) rather than a
+    statement it refused (a constraint, which MLflow reports with its own code)."""
+    return isinstance(exc, OperationalError) or type(exc) is DatabaseError
+
+
+def store_unavailable(exc: DatabaseError) -> RegistryUnavailableError:
+    """The error for a store that failed, in the database's own words (SQLAlchemy's add a URL and SQL).
+
+    >>> import sqlite3
+    >>> store_unavailable(OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked")))
+    RegistryUnavailableError('the registry cannot be reached: its database says: database is locked')
+    """
+    return RegistryUnavailableError(f"{UNREACHABLE}: its database says: {exc.orig}")

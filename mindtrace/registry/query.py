@@ -14,6 +14,7 @@ kept in the registered model's tags, so a rollback returns exactly to the versio
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from mindtrace.config import Config
 from mindtrace.registry.aliases import AliasMoves, aliases_by_version, is_log_tag, model_aliases, read_log
@@ -31,10 +31,13 @@ from mindtrace.registry.filters import order, parse_condition, parse_order
 from mindtrace.registry.mlflow_errors import mlflow_errors
 from mindtrace.registry.names import check_model_name
 from mindtrace.registry.schemas import AliasEvent, Comparison, MetricDelta, ModelSummary, VersionInfo
+from mindtrace.registry.tracking import make_client
 from mindtrace.registry.tracking import tracking_uri as configured_uri
 from mindtrace.utils import ifnone
 
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
     from mindtrace.models import MLPNet
 
 # callback.py and gate.py import the tags and RegistryError from here.
@@ -67,9 +70,15 @@ class Registry(AliasMoves):
 
     def __init__(self, tracking_uri: str | None = None, config: Config | None = None):
         self.config = ifnone(config, Config())
-        self.tracking_uri = ifnone(tracking_uri, configured_uri(self.config))
-        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        self.tracking_uri = tracking_uri or configured_uri(self.config)  # which creates the default's folder
         self.default_name = self.config["MLFLOW"]["REGISTERED_MODEL"]
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        """MLflow's client, made on first use: for the embedded store that opens the database, which may be
+        locked or gone right now (a :class:`RegistryUnavailableError`, and the next call tries again)."""
+        with mlflow_errors("no registry"):
+            return make_client(self.tracking_uri)
 
     # --- reading --------------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from mlflow.tracking import MlflowClient
@@ -24,6 +25,20 @@ def tracking_uri(config: Config | None = None) -> str:
     if uri.startswith("sqlite:///"):
         config["DIR_PATHS"].getpath("MLFLOW").mkdir(parents=True, exist_ok=True)
     return uri
+
+
+def make_client(uri: str) -> MlflowClient:
+    """MLflow's client for ``uri``, tracking and model registry alike.
+
+    For an SQLite store, each operation opens the file anew (about 1 ms): a pooled connection keeps reading
+    the file it opened, so a store moved away, restored from a backup or replaced would go unnoticed, and
+    writes into a deleted file would be lost without an error.
+    """
+    if uri.startswith("sqlite:"):
+        os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")  # MLflow reads only this
+        # ...and then logs the pool options at INFO on every command's stderr.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, config: Config | None = None) -> str:

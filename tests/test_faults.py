@@ -1,0 +1,111 @@
+"""Faults injected into a real service: the registry's store locked, gone or corrupt while it serves.
+
+The service (``bentoml serve``, two workers) serves version 1 of a small model trained by the real CLI;
+version 2 is registered beside it, not promoted. Each test puts things back as it found them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from mindtrace.config import Config
+from mindtrace.data.digits import mnist_test_digits
+from mindtrace.registry import Registry
+from tests.helpers import served, service_env, train, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Service:
+    url: str
+    home: Path
+    env: dict[str, str]
+    digit: str  # a real test digit, a 7
+
+    def models(self) -> requests.Response:
+        return requests.get(self.url + "/registry/models", timeout=60)
+
+    def served_versions(self, n: int = 12) -> set[str]:
+        body = {"image": self.digit}
+        answers = [requests.post(self.url + "/inference", json=body, timeout=10) for _ in range(n)]
+        assert all(a.status_code == 200 and a.json()["label"] == 7 for a in answers), answers[0].text
+        return {a.json()["model"]["version"] for a in answers}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> Iterator[Service]:
+    root = tmp_path_factory.mktemp("faults")
+    env = service_env(root / "home", real_mnist_dir.parent, root / "bentoml", MINDTRACE__SERVICE__WORKERS="2")
+    assert train(env, root, "--policy", "always")["registered_version"] == "1"
+    assert train(env, root, "--policy", "never", "--seed", "3")["registered_version"] == "2"
+    digit = mnist_test_digits(1, real_mnist_dir).texts[0]
+    with served(env, root / "serve.log") as (url, _):
+        yield Service(url, root / "home", env, digit)
+
+
+@contextlib.contextmanager
+def _locked(database: Path) -> Iterator[None]:
+    """Another process's view of a store: an exclusive SQLite lock held for the block."""
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        connection.close()  # rolls back, releasing the lock
+
+
+def _refused_quickly(service: Service, within: float) -> str:
+    t0 = time.monotonic()
+    r = service.models()
+    took = time.monotonic() - t0
+    assert r.status_code == 503, r.text
+    assert took < within, f"the 503 took {took:.1f} s"
+    assert r.headers["Retry-After"] == "5" and "inference keeps serving" in r.json()["error"]
+    return r.json()["error"]
+
+
+def test_a_locked_store_gets_quick_503s_while_inference_serves_and_is_used_again_once_free(service):
+    assert service.models().status_code == 200
+    with _locked(service.home / "mlflow" / "mlflow.db"):
+        # MLflow would wait 20 s for the lock; the service gives up after REGISTRY_TIMEOUT_SECONDS (5 s)...
+        assert "did not answer within 5 s" in _refused_quickly(service, within=8)
+        # ...and while that call still waits, refuses at once (the other worker's first call waits 5 s too).
+        for _ in range(4):
+            _refused_quickly(service, within=8)
+            assert service.served_versions(4) == {"1"}
+    wait_for(lambda: service.models().status_code == 200, 30, "the registry routes to answer again")
+
+
+def test_a_store_gone_or_corrupt_is_a_503_and_a_store_back_with_a_new_champion_is_followed(service):
+    store, away = service.home / "mlflow", service.home / "mlflow.away"
+    store.rename(away)
+    try:
+        assert "unable to open database file" in _refused_quickly(service, within=2)
+        assert service.served_versions() == {"1"}
+        # The store comes back (restored elsewhere, say) with the champion moved: the service must read the
+        # file now at the path, not a connection to the one that left.
+        elsewhere = Config(env={"MINDTRACE_HOME": str(service.home)})
+        Registry(f"sqlite:///{away}/mlflow.db", elsewhere).set_alias(None, "champion", "2", reason="restored")
+        (store / "mlflow.db").parent.mkdir()
+        (store / "mlflow.db").write_bytes(b"this is no SQLite database " * 200)
+        assert "file is not a database" in _refused_quickly(service, within=2)
+        assert service.served_versions() == {"1"}
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+        away.rename(store)
+    # Version 2 is imported by the leader worker (a child process with torch), then every worker serves it.
+    wait_for(lambda: service.served_versions() == {"2"}, 120, "every worker to serve the restored champion")
+    assert service.models().json()[0]["aliases"]["champion"] == "2"
+    rollback = service.url + "/registry/models/mnist-mlp/aliases/champion/rollback"
+    requests.post(rollback, timeout=60).raise_for_status()
+    wait_for(lambda: service.served_versions() == {"1"}, 60, "the rollback to version 1")
