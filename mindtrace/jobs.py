@@ -32,10 +32,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from mindtrace.faults import failpoint
 from mindtrace.train_config import TrainRequest
 from mindtrace.utils import atomic_write, exclusive_lock
 
 Status = Literal["queued", "running", "succeeded", "failed"]
+Stage = Literal["data", "training", "registration", "import"]
 ACTIVE: tuple[Status, ...] = ("queued", "running")
 # Jobs yield the CPU to inference: niceness 10 gives a job about a tenth of a busy core.
 NICENESS = 10
@@ -60,6 +62,7 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     request: dict[str, Any]
+    stage: Stage | None = Field(default=None, description="what the job was doing last")
     progress: JobProgress = Field(default_factory=JobProgress)
     metrics: dict[str, Any] = Field(default_factory=dict, description="the run's summary once it finished")
     mlflow_run_id: str | None = None
@@ -127,7 +130,7 @@ class JobStore:
         path = self.root / job_id / "state.json"
         if not re.fullmatch(JOB_ID_PATTERN, job_id) or not path.is_file():
             raise KeyError(job_id)
-        state = JobState.model_validate_json(path.read_text())
+        state = self._read(job_id)
         if state.status in ACTIVE and not _locked(self.root / job_id / "lock"):
             state = self._reread_dead(state)
         return state
@@ -143,28 +146,39 @@ class JobStore:
 
     def update(self, job_id: str, **changes: Any) -> JobState:
         """Write new values into a job's state (used by the job's own process)."""
-        state = JobState.model_validate_json((self.root / job_id / "state.json").read_text())
-        state = state.model_copy(update=changes)
+        state = self._read(job_id).model_copy(update=changes)
         self._write(state)
         return state
 
+    def _read(self, job_id: str) -> JobState:
+        return JobState.model_validate_json((self.root / job_id / "state.json").read_text())
+
     def _reread_dead(self, state: JobState) -> JobState:
-        # The process may have written its final state between our read and the lock check.
-        fresh = JobState.model_validate_json((self.root / state.id / "state.json").read_text())
-        if fresh.status not in ACTIVE:
-            return fresh
-        reason = (
-            f"the job's process (pid {fresh.pid}) ended without reporting a result; see {state.id}/log.txt"
-        )
-        return self.update(state.id, **_failure(reason))
+        return self._died(state.id, f"(pid {state.pid}) ended without reporting a result")
+
+    def _died(self, job_id: str, how: str) -> JobState:
+        """Record, once, that a job's process died without reporting (``how``), and settle what it left half
+        done in the registry (``mindtrace.registry.recovery``); the reason says at which stage, and what the
+        settling did."""
+        with exclusive_lock(self.root / job_id / "settle.lock", "another process recording the job's end"):
+            state = self._read(job_id)  # its process may have reported meanwhile, or a reader its death
+            if state.status not in ACTIVE:
+                return state
+            during = f" during its {state.stage} stage" if state.stage else ""
+            reason = f"the job's process {how}{during}; see {job_id}/log.txt"
+            if state.mlflow_run_id:
+                reason += f"; {_settle(state.mlflow_run_id)}"
+            return self.update(job_id, **_failure(reason))
 
     def _reap(
         self, job_id: str, process: subprocess.Popen, on_exit: Callable[[JobState], None] | None
     ) -> None:
         code = process.wait()
-        state = self.get(job_id)
-        if state.status in ACTIVE or (code != 0 and state.error is None):
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        state = self._read(job_id)
+        if state.status in ACTIVE:
+            state = self._died(job_id, how)
+        elif code != 0 and state.error is None:
             state = self.update(job_id, **_failure(f"the job's process {how}; see {job_id}/log.txt"))
         if on_exit is not None:
             on_exit(state)
@@ -189,6 +203,20 @@ def _locked(path: Path) -> bool:
     return False
 
 
+def _settle(run_id: str) -> str:
+    """Settle dead run ``run_id`` in the registry; what was done, in words. Loads MLflow's client: a service
+    worker that has none yet loads it only when a job dies."""
+    from mindtrace.registry.errors import RegistryError
+    from mindtrace.registry.query import Registry
+    from mindtrace.registry.recovery import settle_run
+
+    try:
+        done = settle_run(Registry(), run_id)
+    except RegistryError as exc:
+        return f"what it left in the registry could not be settled: {exc}"
+    return f"settled in the registry: {'; '.join(done)}" if done else "it left nothing in the registry"
+
+
 def _failure(reason: str) -> dict[str, Any]:
     return {"status": "failed", "error": reason, "finished_at": datetime.now(timezone.utc)}
 
@@ -197,14 +225,28 @@ def run_job(folder: Path) -> int:
     """The body of a job's process: train, register and gate, recording progress and outcome in the folder."""
     import pytorch_lightning as pl
 
+    from mindtrace.registry.callback import MlflowLightningCallback
     from mindtrace.train import train_and_register
     from mindtrace.utils import epoch_metrics
 
     store, job_id = JobStore(folder.parent), folder.name
-    state = store.update(job_id, status="running", started_at=datetime.now(timezone.utc), pid=os.getpid())
+    state = store.update(
+        job_id, status="running", stage="data", started_at=datetime.now(timezone.utc), pid=os.getpid()
+    )
     request = TrainRequest.model_validate(state.request)
+    failpoint("data")
 
     class Progress(pl.Callback):
+        """Records the stage, the MLflow run (so that a job that dies can be settled) and each epoch."""
+
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            tracker = next((c for c in trainer.callbacks if isinstance(c, MlflowLightningCallback)), None)
+            store.update(job_id, stage="training", mlflow_run_id=tracker.run_id if tracker else None)
+            failpoint("training")
+
+        def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            store.update(job_id, stage="registration")  # the tracker's on_fit_end, after this one, registers
+
         def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if trainer.sanity_checking:
                 return
@@ -222,10 +264,12 @@ def run_job(folder: Path) -> int:
             # torch is loaded already, spares every worker the import (DESIGN.md, "Hot-swap").
             from mindtrace.registry import import_version
 
+            store.update(job_id, stage="import")
             import_version(summary["registered_version"], summary["registered_model"])
     except BaseException as exc:
         traceback.print_exc()
-        store.update(job_id, **_failure(f"{type(exc).__name__}: {exc}"))
+        stage = store.get(job_id).stage
+        store.update(job_id, **_failure(f"{type(exc).__name__} during its {stage} stage: {exc}"))
         return 1
     store.update(
         job_id,

@@ -1,4 +1,5 @@
-"""Faults injected into a real service: the registry's store locked, gone or corrupt while it serves.
+"""Faults injected into a real service: the registry's store locked, gone or corrupt while it serves, and
+retraining jobs killed at every stage.
 
 The service (``bentoml serve``, two workers) serves version 1 of a small model trained by the real CLI;
 version 2 is registered beside it, not promoted. Each test puts things back as it found them.
@@ -19,7 +20,10 @@ import requests
 
 from mindtrace.config import Config
 from mindtrace.data.digits import mnist_test_digits
+from mindtrace.jobs import ACTIVE, JobStore
 from mindtrace.registry import Registry
+from mindtrace.registry.schemas import DECISION_TAG
+from mindtrace.train_config import TrainRequest
 from tests.helpers import served, service_env, train, wait_for
 
 pytestmark = pytest.mark.slow
@@ -109,3 +113,65 @@ def test_a_store_gone_or_corrupt_is_a_503_and_a_store_back_with_a_new_champion_i
     rollback = service.url + "/registry/models/mnist-mlp/aliases/champion/rollback"
     requests.post(rollback, timeout=60).raise_for_status()
     wait_for(lambda: service.served_versions() == {"1"}, 60, "the rollback to version 1")
+
+
+# --- a retraining job killed at each stage ------------------------------------------------------------------
+
+TINY_JOB = TrainRequest.model_validate(
+    {"epochs": 1, "num_train": 3000, "hidden_dims": [32], "seed": 11, "promotion": {"policy": "always"}}
+)
+
+
+@pytest.mark.parametrize(
+    ("failpoint", "outcome"),
+    [
+        ("data", "as before"),
+        ("training", "as before"),
+        ("registration", "as before"),
+        ("alias-move:champion", "fully moved"),
+        ("import", "fully moved"),
+    ],
+)
+def test_a_job_killed_at_each_stage_leaves_the_registry_as_before_or_fully_moved(
+    service, monkeypatch, failpoint, outcome
+):
+    """The job's process SIGKILLs itself at a failpoint (``mindtrace.faults``): no cleanup runs. The job
+    must be reported failed with the stage, and the registry and the served model must be as before the job
+    or as after a finished one, never in between."""
+    for key, value in service.env.items():
+        if key.startswith(("MINDTRACE", "BENTOML")):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MINDTRACE_FAILPOINT", failpoint)
+    registry = Registry(config=Config())
+    versions_before = {v.version for v in registry.list_versions()}
+    champion_before = registry.alias_target(None, "champion")
+
+    store = JobStore(service.home / "jobs")
+    job = store.submit(TINY_JOB)
+    state = wait_for(lambda: (s := store.get(job.id)).status not in ACTIVE and s, 180, "the job to end")
+    print(f"{failpoint}: {state.error}")
+    assert state.status == "failed"
+    assert "SIGKILL" in state.error or "without reporting" in state.error
+    stage = failpoint.split(":")[0].replace("alias-move", "registration")
+    assert f"during its {stage} stage" in state.error
+
+    versions = registry.list_versions()
+    by_alias = {alias: v.version for v in versions for alias in v.aliases}
+    assert all(v.tags.get(DECISION_TAG) for v in versions), "a version the gate never judged is left"
+    if state.mlflow_run_id:  # a run killed before it ended is marked so; the import comes after its end
+        run_status = registry.client.get_run(state.mlflow_run_id).info.status
+        assert run_status == ("FINISHED" if failpoint == "import" else "KILLED")
+    if outcome == "as before":
+        assert {v.version for v in versions} == versions_before
+        assert by_alias.get("champion") == champion_before
+        assert service.served_versions() == {champion_before}
+        return
+    new = max(versions, key=lambda v: int(v.version)).version
+    assert new not in versions_before and by_alias.get("champion") == new and "challenger" not in by_alias
+    champion_log = registry.alias_history(None, "champion")
+    assert champion_log[-1].version == new and champion_log[-1].previous == champion_before
+    # The job died before (or while) importing it: the service imports it and serves it.
+    wait_for(lambda: service.served_versions() == {new}, 120, f"the service to serve version {new}")
+    # The log is exact: a rollback returns to the champion before the job.
+    registry.rollback(None, "champion", reason="test")
+    wait_for(lambda: service.served_versions() == {champion_before}, 60, "the rollback")

@@ -41,6 +41,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
+    from mindtrace.registry.schemas import DECISION_TAG
+
     registry = _registry(args)
     versions = registry.list_versions(args.model, where=args.where, order_by=args.order_by, limit=args.limit)
     if args.json:
@@ -51,7 +53,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
             v.version,
             ", ".join(v.aliases),
             *(v.metrics.get(m) for m in _SHOWN_METRICS),
-            v.tags.get("mindtrace.gate.decision"),
+            v.tags.get(DECISION_TAG),
             v.params.get("train.hidden_dims", v.params.get("model.dim")),
             v.params.get("train.epochs", v.params.get("trainer.max_epochs")),
             v.created_at.strftime("%Y-%m-%d %H:%M"),

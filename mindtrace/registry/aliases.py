@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal
 
+from mindtrace.faults import failpoint
 from mindtrace.registry.errors import ConflictError, NotFoundError
 from mindtrace.registry.mlflow_errors import mlflow_errors
 from mindtrace.registry.names import check_alias
@@ -136,7 +137,7 @@ class AliasMoves:
         """
         name = self.model_name(name)
         check_alias(alias)
-        with self._moving(name):
+        with self._moving(name, alias):
             target = self.get_version(name, str(version)).version  # a clear error for an unknown version
             previous = self.alias_target(name, alias)
             event = _event(alias, target, previous, "set", reason, actor)
@@ -144,6 +145,7 @@ class AliasMoves:
                 return event
             with mlflow_errors(f"model {name!r} has no version {target}"):
                 self.client.set_registered_model_alias(name, alias, target)
+            failpoint(f"alias-move:{alias}")
             self._log(name, event)
         return event
 
@@ -155,7 +157,7 @@ class AliasMoves:
         >>> Registry().remove_alias(None, "challenger", reason="rejected")   # doctest: +SKIP
         """
         name = self.model_name(name)
-        with self._moving(name):
+        with self._moving(name, alias):
             previous = self.alias_target(name, alias)
             if previous is None:
                 raise NotFoundError(f"model {name!r} has no alias {alias!r}")
@@ -178,7 +180,7 @@ class AliasMoves:
         '2'
         """
         name, alias = self.model_name(name), check_alias(alias)
-        with self._moving(name):
+        with self._moving(name, alias):
             target = rollback_target(self.alias_history(name, alias))
             if target is None:
                 raise ConflictError(f"alias {alias!r} of {name!r} has no earlier version to roll back to")
@@ -191,14 +193,29 @@ class AliasMoves:
         return event
 
     @contextlib.contextmanager
-    def _moving(self: Registry, name: str) -> Iterator[None]:
+    def _moving(self: Registry, name: str, alias: str) -> Iterator[None]:
         """One alias move of a model at a time, across this machine's processes (the API's workers, retraining
         jobs, the CLI): a move reads where the alias points and appends to the log, and two moves interleaved
-        would log one over the other. A file lock under ``MINDTRACE_HOME``, one per registry and model."""
+        would log one over the other. A file lock under ``MINDTRACE_HOME``, one per registry and model.
+
+        Inside it, a move of ``alias`` that was made but never logged is logged first (see
+        :meth:`_log_unlogged_move`), so that every move starts from a log that matches the registry."""
         key = hashlib.sha256(f"{self.tracking_uri}\0{name}".encode()).hexdigest()[:16]
         lock = self.config.home() / "locks" / f"alias-moves-{key}.lock"
         with exclusive_lock(lock, f"another alias move of {name!r}"):
+            self._log_unlogged_move(name, alias)
             yield
+
+    def _log_unlogged_move(self: Registry, name: str, alias: str) -> None:
+        """A move is two writes, the alias and then its log entry: a process that died between them (or a move
+        made outside mindtrace, in MLflow's UI) leaves the alias where the log does not say. Logged late here,
+        a rollback still returns to the version the alias held before that move."""
+        events = self.alias_history(name, alias)
+        logged = events[-1].version if events else None
+        actual = self.alias_target(name, alias)
+        if actual != logged:
+            reason = "recorded late: the alias was moved without a log entry (its process stopped, or MLflow)"
+            self._log(name, _event(alias, actual, logged, "set" if actual else "remove", reason, "mindtrace"))
 
     def _log(self: Registry, name: str, event: AliasEvent) -> None:
         key = next_log_key(self._registered(name).tags)

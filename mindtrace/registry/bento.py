@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from mindtrace.config import Config
+from mindtrace.faults import failpoint
 from mindtrace.preprocess import SPEC
 from mindtrace.registry.schemas import VersionInfo
 from mindtrace.utils import exclusive_lock
@@ -143,6 +144,7 @@ def import_version(
         # BentoML builds the entry in a temporary folder and moves it into the store only on success.
         with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
             Path(model.path_of(WEIGHTS_FILE)).write_bytes(weights)
+            failpoint("import")
             Path(model.path_of(ONNX_FILE)).write_bytes(graph)
         return _result(tag, True, info, bentoml.models.get(tag).path)
 

@@ -17,6 +17,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 import mindtrace
 from mindtrace.config import Config
 from mindtrace.evaluate import Evaluation, confusion_matrix_png, evaluate
+from mindtrace.faults import failpoint
 from mindtrace.models.mlp import MLP
 from mindtrace.models.net import MLPNet, load_checkpoint
 from mindtrace.registry.artifacts import (
@@ -211,6 +212,7 @@ class MlflowLightningCallback(pl.Callback):
         version = self.registry.register(
             self.run_id, f"{run.info.artifact_uri}/{MODEL_PATH}", self.registered_model, tags
         )
+        failpoint("registration")
         try:
             self.decision = review(
                 self.registry, version.version, test_batches, self.promotion, self.registered_model

@@ -18,12 +18,11 @@ import torch
 
 from mindtrace.evaluate import Evaluation, evaluate
 from mindtrace.registry.query import Registry, RegistryError
-from mindtrace.registry.schemas import GateDecision
+from mindtrace.registry.schemas import GATE_TAG_PREFIX, GateDecision
 from mindtrace.train_config import PromotionPolicy
 from mindtrace.utils import ifnone
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-GATE_TAG_PREFIX = "mindtrace.gate."
 _LOWER_IS_BETTER = {"test_loss"}
 
 

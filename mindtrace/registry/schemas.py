@@ -74,6 +74,12 @@ class Comparison(BaseModel):
     same_data: bool = Field(description="both runs saw the same data fingerprint")
 
 
+# The gate records its decision as tags on the version (``mindtrace.gate.decision = promoted``...). A version
+# without the decision tag was never judged: its registration is not finished (``recovery.py``).
+GATE_TAG_PREFIX = "mindtrace.gate."
+DECISION_TAG = f"{GATE_TAG_PREFIX}decision"
+
+
 class GateDecision(BaseModel):
     """What the promotion gate decided about a challenger, and why."""
 
