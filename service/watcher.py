@@ -156,11 +156,14 @@ class Follower:
     def _serve_newest_in_store(self) -> None:
         """With no champion to be found, serve the newest import of this model (e.g. inside a Bento)."""
         import bentoml
-        from bentoml.exceptions import NotFound
+        from bentoml.exceptions import BentoMLException, NotFound
 
         try:
             imports = bentoml.models.list(bento_model_name(self.name))
         except NotFound:
+            imports = []
+        except BentoMLException as exc:  # an entry half-copied by a process that was killed: none is listed
+            log.warning("cannot list the BentoML store (%s); `mindtrace registry import` replaces it", exc)
             imports = []
         for model in sorted(imports, key=lambda m: m.info.creation_time, reverse=True):
             version = str(model.info.metadata.get("mlflow", {}).get("version", "?"))

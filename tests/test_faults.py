@@ -1,5 +1,5 @@
 """Faults injected into a real service: the registry's store locked, gone or corrupt while it serves, and
-retraining jobs killed at every stage.
+retraining jobs killed at every stage, a disk that fills up under an import and under a job.
 
 The service (``bentoml serve``, two workers) serves version 1 of a small model trained by the real CLI;
 version 2 is registered beside it, not promoted. Each test puts things back as it found them.
@@ -8,8 +8,10 @@ version 2 is registered beside it, not promoted. Each test puts things back as i
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from mindtrace.jobs import ACTIVE, JobStore
 from mindtrace.registry import Registry
 from mindtrace.registry.schemas import DECISION_TAG
 from mindtrace.train_config import TrainRequest
-from tests.helpers import served, service_env, train, wait_for
+from tests.helpers import BIN, served, service_env, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -175,3 +177,64 @@ def test_a_job_killed_at_each_stage_leaves_the_registry_as_before_or_fully_moved
     # The log is exact: a rollback returns to the champion before the job.
     registry.rollback(None, "champion", reason="test")
     wait_for(lambda: service.served_versions() == {champion_before}, 60, "the rollback")
+
+
+# --- a full disk --------------------------------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root (CI is)")
+
+
+@contextlib.contextmanager
+def _small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` (tmpfs) mounted at ``path`` for the block: writes past it get ENOSPC."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def _import(env: dict[str, str], version: str) -> subprocess.CompletedProcess:
+    command = [str(BIN / "mindtrace"), "registry", "import", version]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+@needs_root
+def test_an_import_onto_a_full_disk_fails_in_a_line_and_stores_nothing(service, tmp_path):
+    store = tmp_path / "bentoml"
+    env = {**service.env, "BENTOML_HOME": str(store)}
+    with _small_disk(store, "64k"):
+        full = _import(env, "1")
+        output = full.stdout + full.stderr
+        assert full.returncode == 1 and "Traceback" not in output, output
+        assert "could not write mnist-mlp:" in output and "No space left on device" in output
+        assert not list((store / "models").glob("*/v*")), "a half-written entry was left in the store"
+        subprocess.run(["mount", "-o", "remount,size=32m", str(store)], check=True)  # space freed
+        assert _import(env, "1").returncode == 0
+        again = _import(env, "1")  # finds the entry whole (its files match their digests)
+        assert again.returncode == 0 and "already in the BentoML store" in again.stdout
+
+
+@needs_root
+def test_a_job_that_runs_out_of_disk_fails_with_the_reason_and_registers_nothing(
+    tmp_path, real_mnist_dir, monkeypatch
+):
+    home = tmp_path / "home"
+    for key, value in service_env(home, real_mnist_dir.parent, tmp_path / "bentoml").items():
+        monkeypatch.setenv(key, value)
+    store = JobStore(home / "jobs")
+    with _small_disk(home / "mlflow" / "artifacts", "128k") as artifacts:
+        job = store.submit(TINY_JOB)
+        state = wait_for(lambda: (s := store.get(job.id)).status not in ACTIVE and s, 180, "the job to end")
+        print(state.error)
+        assert state.status == "failed" and "No space left on device" in state.error
+        assert "during its registration stage" in state.error
+        registry = Registry(config=Config())
+        assert registry.list_models() == []  # nothing registered
+        assert registry.client.get_run(state.mlflow_run_id).info.status == "FAILED"
+        subprocess.run(["mount", "-o", "remount,size=64m", str(artifacts)], check=True)
+        job = store.submit(TINY_JOB)
+        state = wait_for(lambda: (s := store.get(job.id)).status not in ACTIVE and s, 180, "the second job")
+        assert state.status == "succeeded" and state.promoted, state.error
+        assert registry.alias_target(None, "champion") == state.registered_version

@@ -224,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegistryError as exc:  # unknown model, version or alias; an unreachable registry
         console.print(f"[red]error: {exc}[/]", highlight=False)
         return 1
+    except OSError as exc:  # a full disk, a folder that cannot be written: said in a line, not a traceback
+        console.print(f"[red]error: {exc}[/]", highlight=False)
+        return 1
 
 
 if __name__ == "__main__":

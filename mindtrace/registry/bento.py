@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,15 +106,12 @@ def import_version(
     lock = registry.config["DIR_PATHS"].getpath("HOME") / "locks" / "bentoml-import.lock"
     with exclusive_lock(lock, f"another process is importing into the BentoML store ({tag})"):
         try:
-            existing = bentoml.models.get(tag)
+            existing, _ = _files(tag)
+            return _result(tag, False, info, existing.path)
         except NotFound:
-            existing = None
-        if existing is not None:
-            try:
-                _files(existing)
-                return _result(tag, False, info, existing.path)
-            except ValueError:
-                bentoml.models.delete(tag)  # damaged, or from before the ONNX graph: import it again
+            pass
+        except ValueError:
+            bentoml.models.delete(tag)  # damaged, half-copied, or from before the ONNX graph: import it again
 
         net, info = registry.load_module(info.name, info.version)
         weights, graph, check = _serving_files(net, registry.config, f"version {info.version} of {info.name}")
@@ -142,10 +140,13 @@ def import_version(
             "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         # BentoML builds the entry in a temporary folder and moves it into the store only on success.
-        with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
-            Path(model.path_of(WEIGHTS_FILE)).write_bytes(weights)
-            failpoint("import")
-            Path(model.path_of(ONNX_FILE)).write_bytes(graph)
+        try:
+            with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
+                Path(model.path_of(WEIGHTS_FILE)).write_bytes(weights)
+                failpoint("import")
+                Path(model.path_of(ONNX_FILE)).write_bytes(graph)
+        except OSError as exc:  # a full disk, a read-only store; BentoML has removed what it copied
+            raise StoreWriteError(f"could not write {tag} into the BentoML store: {_why(exc)}") from exc
         return _result(tag, True, info, bentoml.models.get(tag).path)
 
 
@@ -203,10 +204,22 @@ def load_bento_mlp(model_or_tag: Any) -> tuple[MLPNet, Any]:
 
 
 def _files(model_or_tag: Any) -> tuple[Any, dict[str, bytes]]:
-    """A store entry and its two files' bytes, each checked against the sha256 recorded at import."""
-    import bentoml
+    """A store entry and its two files' bytes, each checked against the sha256 recorded at import.
 
-    model = bentoml.models.get(model_or_tag) if isinstance(model_or_tag, str) else model_or_tag
+    Raises BentoML's NotFound for no entry, ValueError for one that cannot be read or is damaged (a process
+    killed while BentoML copied it into the store leaves a folder without its ``model.yaml``).
+    """
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    model = model_or_tag
+    if isinstance(model_or_tag, str):
+        try:
+            model = bentoml.models.get(model_or_tag)
+        except NotFound:
+            raise
+        except BentoMLException as exc:
+            raise ValueError(f"{model_or_tag} is damaged: {exc}") from None
     metadata = model.info.metadata
     files = {}
     for name, key in ((WEIGHTS_FILE, "weights_sha256"), (ONNX_FILE, "onnx_sha256")):
@@ -217,6 +230,22 @@ def _files(model_or_tag: Any) -> tuple[Any, dict[str, bytes]]:
         if hashlib.sha256(files[name]).hexdigest() != metadata[key]:
             raise ValueError(f"{model.tag} is damaged: its {name} does not match its recorded sha256")
     return model, files
+
+
+class StoreWriteError(OSError):
+    """An import could not be written into the BentoML store (a full disk, a read-only folder)."""
+
+
+def _why(exc: OSError) -> str:
+    """An OS error in a line: ``shutil.copytree`` gathers one per file into a list; the first says it.
+
+    >>> import shutil
+    >>> _why(shutil.Error([("a", "b", "[Errno 28] No space left on device: 'a' -> 'b'")]))
+    "[Errno 28] No space left on device: 'a' -> 'b'"
+    """
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        return str(exc.args[0][0][-1])
+    return str(exc)
 
 
 def _result(tag: str, created: bool, info: VersionInfo, path: str) -> BentoImport:
