@@ -56,7 +56,9 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     b.add_argument("--batch-images", type=int, default=256, help="images per batch request (1: no batches)")
     b.add_argument("--batch-connections", type=int, default=8, help="connections sending batch requests")
     b.add_argument("--no-retrain", action="store_true", help="skip the point during a retraining job")
-    b.add_argument("--soak-seconds", type=int, default=300, help="length of the long run (0: skip it)")
+    b.add_argument(
+        "--soak-seconds", type=int, default=600, help="length of the long run of mixed traffic (0: skip it)"
+    )
     b.add_argument("--cold-starts", type=int, default=3, help="timed launches of each server (0: none)")
     b.add_argument("--workers", type=int, default=0, help="worker processes per server (default: one a core)")
     add_train_options(b)

@@ -10,8 +10,11 @@ so that a fast server that answers wrongly is caught before its speed is reporte
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,6 +51,61 @@ def digit_requests(api: str, texts: list[str], per_request: int) -> list[DigitRe
         else:
             route, body = "/inference/batch", {"images": images}
         requests.append(DigitRequest(route, json.dumps(body), digits))
+    return requests
+
+
+# The long run's registry reads, and its client mistakes: each must get its 4xx, never a 5xx.
+REGISTRY_READS = (
+    "/registry/models",
+    "/registry/models/mnist-mlp/versions/champion",
+    "/registry/models/mnist-mlp/versions?limit=5",
+    "/registry/models/mnist-mlp/history",
+    "/model",
+    "/jobs?limit=5",
+)
+JSON = "application/json"
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG of only a header (1-bit grey, ``width`` x ``height``): a decompression bomb's announcement."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def mistakes(good: str) -> list[tuple[str, str, str, str]]:
+    """Bad requests beside a good base64 image ``good``, as ``(method, path, content type, body)``."""
+    bomb = base64.b64encode(_png_header(30_000, 30_000)).decode()
+    return [
+        ("POST", "/inference", JSON, json.dumps({"image": "not base64 at all!"})),  # 400
+        ("POST", "/inference", JSON, '{"image": '),  # 400: not JSON
+        ("POST", "/inference", JSON, "{}"),  # 422: no image
+        ("POST", "/inference", "application/x-www-form-urlencoded", "image=abc"),  # 415
+        ("POST", "/inference", JSON, json.dumps({"image": bomb})),  # 413: 900 M pixels
+        ("POST", "/inference/batch", JSON, json.dumps({"images": [good, "%%%"]})),  # 400: names image 1
+        ("GET", "/registry/models/mnist-mlp/versions/999999", "", ""),  # 404
+        ("GET", "/registry/models/mnist-mlp/versions?where=test_acc%3E%3D", "", ""),  # 422: bad filter
+    ]
+
+
+def mixed_requests(texts: list[str], batch: int = 16) -> list[tuple[str, str, str, str]]:
+    """The long run's traffic for this service, in cycles of ten: six single images, one batch of ``batch``
+    images, one registry read and two client mistakes, as ``(method, path, content type, body)``.
+
+    >>> requests = mixed_requests(["AAA", "BBB"], batch=2)
+    >>> len(requests), [r[1] for r in requests[:10]].count("/inference")
+    (80, 8)
+    """
+    n, bad = len(texts), mistakes(texts[0])
+    requests = []
+    for cycle in range(max(n // 6, len(bad))):
+        requests += [
+            ("POST", "/inference", JSON, json.dumps({"image": texts[(6 * cycle + j) % n]})) for j in range(6)
+        ]
+        images = [texts[(batch * cycle + j) % n] for j in range(batch)]
+        requests.append(("POST", "/inference/batch", JSON, json.dumps({"images": images})))
+        requests.append(("GET", REGISTRY_READS[cycle % len(REGISTRY_READS)], "", ""))
+        requests += [bad[(2 * cycle) % len(bad)], bad[(2 * cycle + 1) % len(bad)]]
     return requests
 
 

@@ -62,7 +62,19 @@ def render(results: dict[str, Any], charts: list[str]) -> str:
         "## mindtrace during a retraining job, and over a long run",
         _table(
             [r for r in rows if r["scenario"] in ("retrain", "soak")],
-            ("scenario", "connections", "req/s", "p50", "p99", "max", "errors", "CPU", "RSS", "note"),
+            (
+                "scenario",
+                "connections",
+                "req/s",
+                "p50",
+                "p99",
+                "max",
+                "answers",
+                "errors",
+                "CPU",
+                "RSS",
+                "note",
+            ),
         ),
         "## Reproduce",
         _reproduce(results),
@@ -80,7 +92,8 @@ def _find(
 
 
 def targets_table(results: dict[str, Any]) -> str:
-    """The verdict on each target of issue 13, as a markdown table; n/a where the run measured otherwise."""
+    """The verdict on each target of the serving issues (13, 14), as a markdown table; n/a where the run
+    measured otherwise."""
     rows, o = results["medians"], results["options"]
     found: list[str] = []
 
@@ -125,6 +138,19 @@ def targets_table(results: dict[str, Any]) -> str:
             f"{supervisor:,.0f} MB",
             supervisor <= 150 if fits else None,
         )
+    soak = _find(rows, "mindtrace", "soak")
+    if soak and soak.get("statuses"):
+        answers, seconds = soak["statuses"], o["soak_seconds"]
+        sockets = sum(v for k, v in soak["errors"].items() if k != "status")
+        what = f"long run, {seconds} s of mixed traffic at {soak['connections']} connections: 0 5xx"
+        add(
+            what,
+            f"{answers['5xx']} 5xx, {sockets} socket errors in {soak['requests']:,}",
+            not answers["5xx"] + sockets,
+        )
+        growth = soak["rss_mb_last"] / soak["rss_mb_first"] - 1 if soak["rss_mb_first"] else 0.0
+        measured = f"{soak['rss_mb_first']:,.0f} → {soak['rss_mb_last']:,.0f} MB ({growth:+.1%})"
+        add("... resident memory grows < 10 %", measured, growth < 0.10)
     cold = results["cold_start"].get("mindtrace")
     if cold:
         median = statistics.median(cold)
@@ -223,7 +249,8 @@ def _cell(r: dict[str, Any], column: str, rows: list[dict[str, Any]]) -> str:
         return (
             f"{r['rps'] / noop['rps']:.0%}" if noop and noop["rps"] and not r["server"].endswith(NOOP) else ""
         )
-    errors = ", ".join(f"{v} {k}" for k, v in r["errors"].items() if v)
+    counted = r.get("statuses")  # then 4xx answers are the traffic's client mistakes, shown as answers
+    errors = ", ".join(f"{v} {k}" for k, v in r["errors"].items() if v and not (counted and k == "status"))
     cells = {
         "server": label(r["server"]),
         "scenario": r["scenario"],
@@ -236,7 +263,8 @@ def _cell(r: dict[str, Any], column: str, rows: list[dict[str, Any]]) -> str:
         "p90": f"{r['p90_ms']:.1f}",
         "p99": f"{r['p99_ms']:.1f}",
         "max": f"{r['max_ms']:.0f}",
-        "errors": f"{r['error_count']} ({errors})" if errors else "0",
+        "errors": f"{errors}" if errors else "0",
+        "answers": ", ".join(f"{n:,} {k}" for k, n in (counted or {}).items() if n),
         "CPU": f"{r['server_cpu']:.2f}",
         "wrk": f"{r['wrk_cpu']:.2f}" + (f" {FLAG}" if r["wrk_bound"] else ""),
         "RSS": f"{r['rss_mb_first']:,.0f} → {r['rss_mb_last']:,.0f} MB",

@@ -38,10 +38,18 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from benchmarks.bodies import Correctness, DigitRequest, check_answers, digit_requests
+from benchmarks.bodies import Correctness, DigitRequest, check_answers, digit_requests, mixed_requests
 from benchmarks.process import Meter, free_port, launched, stop, tree_memory, wait_ready
 from benchmarks.servers import SERVERS, Server, lineup, server
-from benchmarks.wrk import WRK_BOUND, WrkResult, require_wrk, run_wrk, write_bodies, write_script
+from benchmarks.wrk import (
+    WRK_BOUND,
+    WrkResult,
+    require_wrk,
+    run_wrk,
+    write_bodies,
+    write_requests,
+    write_script,
+)
 from mindtrace.config import Config
 from mindtrace.data.digits import mnist_test_digits
 from mindtrace.train_config import TrainConfig
@@ -69,7 +77,7 @@ class BenchOptions:
     batch_images: int = 256
     batch_connections: int = 8
     retrain: bool = True
-    soak_seconds: int = 300
+    soak_seconds: int = 600
     cold_starts: int = 3
     workers: int = field(default_factory=available_cores)
 
@@ -122,6 +130,8 @@ class Bench:
         }
         self.config = Config(env={k: v for k, v in self.env.items() if k.startswith("MINDTRACE")})
         self.script = write_script(self.work / "wrk" / "digits.lua")
+        self.mixed_script = write_script(self.work / "wrk" / "mixed.lua", mixed=True)
+        self.texts: list[str] = []  # the benchmark's digits, base64 PNG
         self.model: dict[str, Any] = {}
         self.offline = np.zeros(0, dtype=np.int64)
         self.requests: dict[tuple[str, int], list[DigitRequest]] = {}  # (api, images) -> bodies
@@ -154,6 +164,7 @@ class Bench:
         save_pyfunc(Path(entry.path_of(ONNX_FILE)), self.work / "pyfunc")
         save_pyfunc(None, self.work / "pyfunc-noop", noop=True)
         digits = mnist_test_digits(self.options.digits, config=self.config)
+        self.texts = digits.texts
         self.offline = classify(batch_pixels(digits.texts)).argmax(axis=1)
         for api in ("mindtrace", "mlflow"):
             for images in {1, self.options.batch_images}:
@@ -257,16 +268,19 @@ class Bench:
 
     # --- load -----------------------------------------------------------------------------------------------
 
-    def point(self, s: Server, scenario: str, connections: int, round_: int, seconds: int) -> Point:
-        """One wrk run against ``s``, recorded."""
+    def point(
+        self, s: Server, scenario: str, connections: int, round_: int, seconds: int, mixed: Path | None = None
+    ) -> Point:
+        """One wrk run against ``s``, recorded: digits (one or a batch, by ``scenario``), or the ``mixed``
+        requests of that file."""
         assert s.proc is not None
         images = self.options.batch_images if scenario == "batch" else 1
-        requests = self.requests[s.api, images]
+        bodies, route, script = self.bodies[s.api, images], self.requests[s.api, images][0].route, self.script
+        if mixed:
+            bodies, route, script = mixed, "", self.mixed_script
         log = self.logs / "wrk" / f"{s.name}-{scenario}-{connections}-r{round_}.log".replace(" ", "-")
         with Meter(s.proc.pid) as server_meter:
-            result = run_wrk(
-                s.url, self.bodies[s.api, images], requests[0].route, connections, seconds, self.script, log
-            )
+            result = run_wrk(s.url, bodies, route, connections, seconds, script, log)
         usage = server_meter.usage
         assert usage is not None
         point = Point(
@@ -283,6 +297,8 @@ class Bench:
             + (flag if result.cpu > WRK_BOUND else ""),
             highlight=False,
         )
+        if result.statuses:
+            console.print("answers: " + ", ".join(f"{n:,} {k}" for k, n in result.statuses.items()))
         return point
 
     def rounds(self) -> None:
@@ -335,9 +351,12 @@ class Bench:
         console.print(f"retraining job {job}: {state['status']}", highlight=False)
 
     def soak(self, s: Server) -> None:
-        """One long point at ``load_connections``; the memory of each process before and after."""
-        console.rule(f"[bold]long run: {self.options.soak_seconds} s")
-        self.point(s, "soak", self.options.load_connections, 1, self.options.soak_seconds)
+        """One long point of mixed traffic at ``load_connections`` (single images, batches, registry reads and
+        client mistakes: ``bodies.mixed_requests``), every answer counted by status class; the memory of each
+        process before and after."""
+        console.rule(f"[bold]long run, mixed traffic: {self.options.soak_seconds} s")
+        mixed = write_requests(self.work / "wrk" / "mixed.txt", mixed_requests(self.texts))
+        self.point(s, "soak", self.options.load_connections, 1, self.options.soak_seconds, mixed)
         assert s.proc is not None
         self.memory[s.name]["after the long run"] = [asdict(p) for p in tree_memory(s.proc.pid)]
 
@@ -369,6 +388,7 @@ def medians(points: list[Point]) -> list[dict[str, Any]]:
                 "max_ms": max(r.max_ms for r in runs),
                 "errors": errors,
                 "error_count": sum(errors.values()),
+                "statuses": {k: sum(r.statuses.get(k, 0) for r in runs) for k in runs[0].statuses},
                 "server_cpu": statistics.median(p.server_cpu for p in group),
                 "server_rss_mb": max(p.server_rss_mb for p in group),
                 "rss_mb_first": group[0].rss_mb_first,

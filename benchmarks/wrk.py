@@ -27,7 +27,33 @@ WRK_BOUND = 0.5
 MARK = "WRK_RESULT "
 # wrk cuts a request off after this and counts a timeout error; long enough for a stalled server to answer.
 TIMEOUT_SECONDS = 10
-SCRIPT = """\
+# What both scripts share: the threads' counters (read back by done()) and the result line.
+_DONE = """
+local threads = {}
+
+function setup(thread)
+  threads[#threads + 1] = thread
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  local statuses = ""
+  for _, t in ipairs(threads) do
+    if t:get("counted") then
+      statuses = string.format(', "statuses": {"2xx": %d, "3xx": %d, "4xx": %d, "5xx": %d}',
+        t:get("s2"), t:get("s3"), t:get("s4"), t:get("s5"))
+    end
+  end
+  io.write(string.format(
+    '%s{"requests": %.0f, "duration_us": %.0f, "bytes": %.0f, "errors": {"connect": %.0f, "read": %.0f, ' ..
+    '"write": %.0f, "timeout": %.0f, "status": %.0f}, "p50_us": %.0f, "p90_us": %.0f, "p99_us": %.0f, ' ..
+    '"max_us": %.0f%s}\\n',
+    "MARK", summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.timeout,
+    e.status, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, statuses))
+end
+""".replace('"MARK"', json.dumps(MARK))
+SCRIPT = (
+    """\
 -- Written by benchmarks/wrk.py. Arguments: a file of request bodies (one JSON document a line) and the path.
 local prepared = {}
 local next_index = 0
@@ -43,17 +69,40 @@ function request()
   next_index = next_index % #prepared + 1
   return prepared[next_index]
 end
+"""
+    + _DONE
+)
+# Mixed traffic: any method, path and content type, and every answer counted by its status class (which costs
+# wrk some CPU per response, so only the long run uses it).
+MIXED_SCRIPT = (
+    """\
+-- Written by benchmarks/wrk.py. Argument: a file of requests, one a line: METHOD, path, content type, body,
+-- separated by tabs (the last two may be empty).
+local prepared = {}
+local next_index = 0
+counted, s2, s3, s4, s5 = true, 0, 0, 0, 0
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '%s{"requests": %.0f, "duration_us": %.0f, "bytes": %.0f, "errors": {"connect": %.0f, "read": %.0f, ' ..
-    '"write": %.0f, "timeout": %.0f, "status": %.0f}, "p50_us": %.0f, "p90_us": %.0f, "p99_us": %.0f, ' ..
-    '"max_us": %.0f}\\n',
-    "MARK", summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.timeout,
-    e.status, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+function init(args)
+  for line in io.lines(args[1]) do
+    local method, path, content_type, body = line:match("^(%u+)\t([^\t]*)\t([^\t]*)\t(.*)$")
+    local headers = {}
+    if content_type ~= "" then headers["Content-Type"] = content_type end
+    prepared[#prepared + 1] = wrk.format(method, path, headers, body ~= "" and body or nil)
+  end
 end
-""".replace('"MARK"', json.dumps(MARK))
+
+function request()
+  next_index = next_index % #prepared + 1
+  return prepared[next_index]
+end
+
+function response(status, headers, body)
+  if status >= 500 then s5 = s5 + 1 elseif status >= 400 then s4 = s4 + 1
+  elseif status >= 300 then s3 = s3 + 1 else s2 = s2 + 1 end
+end
+"""
+    + _DONE
+)
 
 
 @dataclass
@@ -70,6 +119,7 @@ class WrkResult:
     p99_ms: float
     max_ms: float
     cpu: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)  # answers by class (2xx...), with MIXED_SCRIPT
     rps: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,10 +142,29 @@ def require_wrk() -> str:
     return found
 
 
-def write_script(path: Path) -> Path:
-    """Write the Lua script that :func:`run_wrk` gives wrk."""
+def write_script(path: Path, mixed: bool = False) -> Path:
+    """Write the Lua script that :func:`run_wrk` gives wrk: one route and JSON bodies, or ``mixed`` requests
+    (see :func:`write_requests`) with their answers counted by status class."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(SCRIPT)
+    path.write_text(MIXED_SCRIPT if mixed else SCRIPT)
+    return path
+
+
+def write_requests(path: Path, requests: list[tuple[str, str, str, str]]) -> Path:
+    """Write ``(method, path, content type, body)`` requests one a line for the mixed script.
+
+    >>> import tempfile
+    >>> out = write_requests(Path(tempfile.mkdtemp()) / "mixed.txt", [("GET", "/model", "", "")])
+    >>> out.read_text()
+    'GET\\t/model\\t\\t\\n'
+    """
+    lines = []
+    for request in requests:
+        if any(c in part for part in request for c in "\t\n\r"):
+            raise ValueError(f"a tab or line break cannot go through the mixed script: {request[:2]}")
+        lines.append("\t".join(request) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
     return path
 
 
@@ -139,4 +208,5 @@ def run_wrk(
         p99_ms=raw["p99_us"] / 1000,
         max_ms=raw["max_us"] / 1000,
         cpu=meter.usage.cpu_cores,
+        statuses={k: int(v) for k, v in raw.get("statuses", {}).items()},
     )

@@ -74,6 +74,7 @@ def _refused_quickly(service: Service, within: float) -> str:
     t0 = time.monotonic()
     r = service.models()
     took = time.monotonic() - t0
+    print(f"GET /registry/models: {r.status_code} in {took * 1000:.0f} ms")
     assert r.status_code == 503, r.text
     assert took < within, f"the 503 took {took:.1f} s"
     assert r.headers["Retry-After"] == "5" and "inference keeps serving" in r.json()["error"]
@@ -109,8 +110,10 @@ def test_a_store_gone_or_corrupt_is_a_503_and_a_store_back_with_a_new_champion_i
     finally:
         shutil.rmtree(store, ignore_errors=True)
         away.rename(store)
+    back = time.monotonic()
     # Version 2 is imported by the leader worker (a child process with torch), then every worker serves it.
     wait_for(lambda: service.served_versions() == {"2"}, 120, "every worker to serve the restored champion")
+    print(f"the store back, version 2 champion: every worker serves it {time.monotonic() - back:.1f} s later")
     assert service.models().json()[0]["aliases"]["champion"] == "2"
     rollback = service.url + "/registry/models/mnist-mlp/aliases/champion/rollback"
     requests.post(rollback, timeout=60).raise_for_status()
@@ -170,6 +173,9 @@ def test_a_job_killed_at_each_stage_leaves_the_registry_as_before_or_fully_moved
         return
     new = max(versions, key=lambda v: int(v.version)).version
     assert new not in versions_before and by_alias.get("champion") == new and "challenger" not in by_alias
+    if failpoint.startswith("alias-move"):
+        assert f"the move of champion to version {new} logged" in state.error
+        assert f"challenger alias removed from version {new}" in state.error
     champion_log = registry.alias_history(None, "champion")
     assert champion_log[-1].version == new and champion_log[-1].previous == champion_before
     # The job died before (or while) importing it: the service imports it and serves it.

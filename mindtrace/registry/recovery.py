@@ -48,12 +48,16 @@ def settle_run(registry: Registry, run_id: str) -> list[str]:
             registry.delete_version(info.name, info.version)
             done.append(f"version {info.version} removed: registered, never judged by the promotion gate")
         elif decision == "promoted":
-            # Also when it is champion already: the move may not be logged yet, and a move logs it first.
-            registry.set_alias(info.name, CHAMPION, info.version, reason=f"{reason}: the gate promoted it")
+            logged = registry.alias_history(info.name, CHAMPION)
             if CHAMPION not in info.aliases:
                 done.append(f"version {info.version} made champion, as the gate had decided")
+            elif not logged or logged[-1].version != info.version:
+                done.append(f"the move of champion to version {info.version} logged (it was not)")
+            # Also when it is champion already: a move first logs a move that was made but not logged.
+            registry.set_alias(info.name, CHAMPION, info.version, reason=f"{reason}: the gate promoted it")
             if CHALLENGER in info.aliases:
                 _remove_alias(registry, info.name, CHALLENGER, f"{reason}: promoted to {CHAMPION}")
+                done.append(f"challenger alias removed from version {info.version}, now champion")
     return done
 
 
