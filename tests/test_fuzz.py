@@ -25,7 +25,6 @@ import random
 import signal
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,45 +34,28 @@ import pytest
 import requests
 from PIL import Image, PngImagePlugin
 
-from benchmarks.process import free_port, running
+from tests import helpers
+from tests.helpers import BIN, ROOT, service_env, train
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 API_TOKEN = "fuzz-api-token-41d2"
 INFERENCE_TOKEN = "fuzz-inference-token-9c7e"
 FIXED_SEED = 20261128
 
 
 @pytest.fixture(scope="module")
-def served(
-    tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path
-) -> Iterator[tuple[str, Path, Path]]:
-    """The service on a free port, serving version 1 of a small model; its URL, home and log."""
+def served(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> Iterator[tuple[str, int, Path]]:
+    """The service on a free port, serving version 1 of a small model; its URL, pid and log."""
     root = tmp_path_factory.mktemp("fuzz")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINDTRACE", "BENTOML"))}
-    env.update(
-        MINDTRACE_HOME=str(root / "home"),
-        MINDTRACE__DIR_PATHS__DATA=str(real_mnist_dir.parent),
-        MINDTRACE__MNIST__SOURCES="local",
-        BENTOML_HOME=str(root / "bentoml"),
-        BENTOML_DO_NOT_TRACK="true",
-        MINDTRACE_API_TOKEN=API_TOKEN,
-        MINDTRACE_INFERENCE_TOKEN=INFERENCE_TOKEN,
-    )
-    trained = subprocess.run(
-        [str(BIN / "mindtrace"), "train", "--epochs", "1", "--num-train", "3000", "--hidden-dims", "32",
-         "--policy", "always"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=root,
+    env = service_env(
+        root / "home", real_mnist_dir.parent, root / "bentoml",
+        MINDTRACE_API_TOKEN=API_TOKEN, MINDTRACE_INFERENCE_TOKEN=INFERENCE_TOKEN,
     )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [str(BIN / "bentoml"), "serve", "service:svc", "--host", "127.0.0.1", "--port", str(port)]
+    train(env, root, "--policy", "always")
     try:
-        with running(command, url + "/readyz", root / "serve.log", cwd=ROOT, env=env, timeout=180) as proc:
-            yield url, proc.pid, root / "serve.log"
+        with helpers.served(env, root / "serve.log") as (url, pid):
+            yield url, pid, root / "serve.log"
     finally:
         _stop_jobs(root / "home" / "jobs")
 

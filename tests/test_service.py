@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,11 +35,10 @@ from mindtrace.config import Config
 from mindtrace.data.digits import mnist_test_digits
 from mindtrace.preprocess import preprocess
 from mindtrace.registry import Registry
+from tests.helpers import BIN, ROOT, served, service_env, train, wait_for
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 API_TOKEN = "api-token-7f3c9e"
 INFERENCE_TOKEN = "inference-token-2b8d1a"
 INFER = {"Authorization": f"Bearer {INFERENCE_TOKEN}"}
@@ -74,44 +72,17 @@ class Server:
         return Config(env={k: v for k, v in self.env.items() if k.startswith("MINDTRACE")})
 
 
-def _env(home: Path, data_dir: Path, bentoml_home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MINDTRACE", "BENTOML"))}
-    env.update(
-        MINDTRACE_HOME=str(home),
-        MINDTRACE__DIR_PATHS__DATA=str(data_dir),
-        MINDTRACE__MNIST__SOURCES="local",
-        MINDTRACE__SERVICE__SWAP_POLL_SECONDS="1",
-        BENTOML_HOME=str(bentoml_home),
-        BENTOML_DO_NOT_TRACK="true",
-        **extra,
-    )
-    return env
-
-
-def _serve(env: dict[str, str], log: Path, ready: str = "/livez") -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [str(BIN / "bentoml"), "serve", "service:svc", "--host", "127.0.0.1", "--port", str(port)]
-    with running(command, url + ready, log, cwd=ROOT, env=env, timeout=180):
-        yield url
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> Iterator[Server]:
     """Version 1 trained by ``mindtrace train`` and promoted; the service serving it, tokens set."""
     root = tmp_path_factory.mktemp("service")
-    env = _env(
+    env = service_env(
         root / "home", real_mnist_dir.parent, root / "bentoml",
         MINDTRACE_API_TOKEN=API_TOKEN, MINDTRACE_INFERENCE_TOKEN=INFERENCE_TOKEN,
     )  # fmt: skip
-    trained = subprocess.run(
-        [str(BIN / "mindtrace"), "train", "--epochs", "2", "--num-train", "12000", "--hidden-dims", "64",
-         "--policy", "always", "--json"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=root,
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    assert json.loads(trained.stdout)["promoted"] is True
-    for url in _serve(env, root / "serve.log", ready="/readyz"):
+    options = ["--epochs", "2", "--num-train", "12000", "--hidden-dims", "64", "--policy", "always"]
+    assert train(env, root, *options)["promoted"] is True
+    with served(env, root / "serve.log") as (url, _):
         yield Server(url, env, root / "serve.log", root / "home")
 
 
@@ -120,16 +91,6 @@ def digits(real_mnist_dir: Path) -> tuple[list[str], np.ndarray, list[Image.Imag
     """300 real MNIST test digits: base64 PNG, labels, images."""
     found = mnist_test_digits(300, real_mnist_dir)
     return found.texts, found.labels, [Image.fromarray(p) for p in found.pixels]
-
-
-def _wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _served_versions(server: Server, image: str, n: int = 12) -> set[str]:
@@ -233,7 +194,7 @@ def test_locust_scenarios_run_against_the_service_and_check_every_answer(server,
 
 def test_a_fast_wrong_server_fails_the_load_test(tmp_path, real_mnist_dir):
     """The service's no-op twin answers 0 for every digit, fast: the accuracy check must fail the run."""
-    env = _env(tmp_path / "home", real_mnist_dir.parent, tmp_path / "bentoml")
+    env = service_env(tmp_path / "home", real_mnist_dir.parent, tmp_path / "bentoml")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     twin = "benchmarks.noop:svc"  # the benchmark's no-op twin of the service
@@ -423,7 +384,7 @@ def test_retrain_registers_gates_and_swaps_the_served_model(server, digits):
     second = server.post("/retrain", TINY_RETRAIN, ADMIN)
     assert second.status_code == 409 and second.json()["job_id"] == job_id
 
-    running_state = _wait_for(
+    running_state = wait_for(
         lambda: (s := server.get(f"/jobs/{job_id}").json())["status"] != "queued" and s,
         60,
         "the job to start",
@@ -435,7 +396,7 @@ def test_retrain_registers_gates_and_swaps_the_served_model(server, digits):
     # Inference keeps answering while the job trains.
     assert server.infer(example).status_code == 200
 
-    done = _wait_for(
+    done = wait_for(
         lambda: (s := server.get(f"/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and s,
         300, "the job to finish", interval=1,
     )  # fmt: skip
@@ -448,9 +409,9 @@ def test_retrain_registers_gates_and_swaps_the_served_model(server, digits):
     version = server.get("/registry/models/mnist-mlp/versions/2").json()
     assert version["tags"]["mindtrace.gate.decision"] == "promoted"
     assert "champion" in version["aliases"]
-    _wait_for(lambda: _served_versions(server, example) == {"2"}, 15, "every worker to serve version 2")
+    wait_for(lambda: _served_versions(server, example) == {"2"}, 15, "every worker to serve version 2")
     # Counted by the worker that started the job, once it has reaped the job's process.
-    _wait_for(
+    wait_for(
         lambda: 'mindtrace_retrain_jobs_total{outcome="succeeded"} 1.0' in server.get("/metrics").text,
         10, "the finished job to be counted",
     )  # fmt: skip
@@ -475,7 +436,7 @@ def test_retrain_takes_an_uploaded_config_file_and_refuses_bad_values(server):
     )
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
-    done = _wait_for(
+    done = wait_for(
         lambda: (s := server.get(f"/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and s,
         300, "the job to finish", interval=1,
     )  # fmt: skip
@@ -507,7 +468,7 @@ def test_alias_moves_swap_the_model_with_no_failed_request(server, digits):
         moved = server.post("/registry/models/mnist-mlp/aliases/champion", {"version": "1"}, ADMIN)
         assert moved.status_code == 200, moved.text
         assert moved.json()["previous"] == "2" and moved.json()["version"] == "1"
-        _wait_for(lambda: _served_versions(server, texts[0]) == {"1"}, 15, "every worker to serve version 1")
+        wait_for(lambda: _served_versions(server, texts[0]) == {"1"}, 15, "every worker to serve version 1")
         time.sleep(1)
     finally:
         stop.set()
@@ -519,7 +480,7 @@ def test_alias_moves_swap_the_model_with_no_failed_request(server, digits):
 
     back = server.post("/registry/models/mnist-mlp/aliases/champion/rollback", None, ADMIN)
     assert back.status_code == 200 and back.json()["version"] == "2"
-    _wait_for(
+    wait_for(
         lambda: _served_versions(server, texts[0]) == {"2"}, 15, "the rollback to version 2 to be served"
     )
 
@@ -545,7 +506,7 @@ def test_a_version_that_cannot_load_is_not_swapped_in(server, digits):
     # Moved behind the service's back (e.g. from the CLI): the old model keeps serving, the error is reported.
     registry.set_alias(None, "champion", str(broken.version))
     try:
-        status = _wait_for(
+        status = wait_for(
             lambda: (s := server.get("/model").json())["last_error"] and s,
             15,
             "the failed swap to be reported",
@@ -605,10 +566,10 @@ def test_metrics_count_predictions_models_and_swaps(server):
 
 
 def test_without_a_model_the_service_starts_not_ready_and_says_how_to_train(tmp_path, real_mnist_dir):
-    env = _env(
+    env = service_env(
         tmp_path / "home", real_mnist_dir.parent, tmp_path / "bentoml", MINDTRACE__SERVICE__WORKERS="1"
     )
-    for url in _serve(env, tmp_path / "serve.log"):
+    with served(env, tmp_path / "serve.log", ready="/livez") as (url, _):
         assert requests.get(url + "/readyz", timeout=10).status_code == 503
         r = requests.post(url + "/inference", json={"image": "x"}, timeout=10)
         # Bad input is still bad input; a good image gets the 503 that explains what to do.
@@ -623,7 +584,7 @@ def test_an_unreachable_registry_is_a_503_while_inference_keeps_serving(server, 
     # The same BentoML store as the main server, and a tracking server that is not there.
     env = {**server.env, "MINDTRACE__MLFLOW__TRACKING_URI": f"http://127.0.0.1:{free_port()}",
            "MINDTRACE__SERVICE__WORKERS": "1"}  # fmt: skip
-    for url in _serve(env, tmp_path / "serve.log", ready="/readyz"):
+    with served(env, tmp_path / "serve.log") as (url, _):
         t0 = time.monotonic()
         r = requests.get(url + "/registry/models", timeout=60)
         assert r.status_code == 503 and "cannot be reached" in r.json()["error"]
@@ -649,7 +610,7 @@ def test_two_servers_sharing_one_home_start_together_with_every_worker_serving(s
         expected = Registry(config=champion).alias_target("mnist-mlp", "champion")
         for port in ports:
             url = f"http://127.0.0.1:{port}"
-            answers = _wait_for(
+            answers = wait_for(
                 lambda url=url: (
                     len(found := {(a["worker_pid"], a["model"]["version"]) for a in _models(url, 20)}) == 2
                     and found
@@ -675,11 +636,8 @@ def test_serving_workers_load_neither_torch_nor_training_plotting_or_benchmark_c
     only the leader worker holds MLflow's client (seen in the shared libraries each worker has mapped)."""
     env = {**server.env, "PYTHONPROFILEIMPORTTIME": "1", "MINDTRACE__SERVICE__WORKERS": "2"}
     log = tmp_path / "serve.log"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [str(BIN / "bentoml"), "serve", "service:svc", "--host", "127.0.0.1", "--port", str(port)]
-    with running(command, url + "/readyz", log, cwd=ROOT, env=env, timeout=180):
-        workers = _wait_for(
+    with served(env, log) as (url, _):
+        workers = wait_for(
             lambda: (
                 len(
                     pids := {requests.get(url + "/model", timeout=30).json()["worker_pid"] for _ in range(20)}
@@ -762,7 +720,7 @@ def test_a_killed_worker_is_replaced_under_load_and_only_its_requests_in_flight_
     under BentoML, starts a new one; only requests on the killed worker's connections may fail, and full
     throughput returns. The figures go to the log for DESIGN.md."""
     texts = digits[0]
-    workers = _wait_for(
+    workers = wait_for(
         lambda: len(pids := {a["worker_pid"] for a in _models(server.url, 20)}) == 2 and pids, 30, "2 workers"
     )
     leader = next(p for p in workers if "--worker-id\x001\x00" in Path(f"/proc/{p}/cmdline").read_text())
@@ -793,7 +751,7 @@ def test_a_killed_worker_is_replaced_under_load_and_only_its_requests_in_flight_
     failed = [t for t, ok in results if not ok]
     before = sum(1 for t, ok in results if ok and 0.5 <= t < kill_at) / (kill_at - 0.5)
     after = sum(1 for t, ok in results if ok and stop_at - 3 <= t < stop_at) / 3
-    replaced = _wait_for(
+    replaced = wait_for(
         lambda: len(pids := {a["worker_pid"] for a in _models(server.url, 20)}) == 2 and pids,
         30,
         "a new worker",
