@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from mindtrace.predict import batch_pixels
+
 
 @dataclass(frozen=True)
 class DigitRequest:
@@ -33,19 +35,24 @@ class DigitRequest:
     @property
     def many(self) -> bool:
         """Whether the answer lists predictions (batch routes, MLflow) rather than being one."""
-        return self.route != "/inference"
+        return self.route not in ("/inference", V2_INFER)
 
 
 def digit_requests(api: str, texts: list[str], per_request: int) -> list[DigitRequest]:
     """Requests of ``per_request`` digits each that together carry every one of ``texts`` at least once
-    (the last wraps round to the first). ``api``: ``mindtrace`` (this service and the FastAPI rival) or
-    ``mlflow`` (``POST /invocations`` with ``{"inputs": [...]}``)."""
+    (the last wraps round to the first). ``api``: ``mindtrace`` (this service and the FastAPI rival),
+    ``mlflow`` (``POST /invocations`` with ``{"inputs": [...]}``) or ``v2`` (this service's Open Inference
+    Protocol route, UINT8 pixels as JSON)."""
     requests = []
     for start in range(0, len(texts), per_request):
         digits = tuple((start + j) % len(texts) for j in range(per_request))
         images = [texts[i] for i in digits]
         if api == "mlflow":
             route, body = "/invocations", {"inputs": images}
+        elif api == "v2":  # the pixels /inference would see, as a KServe V2 client sends them
+            pixels = batch_pixels(images)
+            tensor = {"name": "pixels", "datatype": "UINT8", "shape": [len(images), 784]}
+            route, body = V2_INFER, {"inputs": [{**tensor, "data": pixels.ravel().tolist()}]}
         elif per_request == 1:
             route, body = "/inference", {"image": images[0]}
         else:
@@ -64,6 +71,7 @@ REGISTRY_READS = (
     "/jobs?limit=5",
 )
 JSON = "application/json"
+V2_INFER = "/v2/models/mnist-mlp/infer"
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -158,6 +166,8 @@ def check_answers(url: str, requests: list[DigitRequest], expected: np.ndarray) 
 
 
 def _labels(answer: Any, request: DigitRequest) -> list[int]:
+    if request.route == V2_INFER:
+        return next(o["data"] for o in answer["outputs"] if o["name"] == "label")
     predictions = answer["predictions"] if request.many else [answer]
     if len(predictions) != len(request.digits):
         raise ValueError(f"{len(predictions)} predictions for {len(request.digits)} images")

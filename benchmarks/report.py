@@ -52,6 +52,8 @@ def render(results: dict[str, Any], charts: list[str]) -> str:
             [r for r in rows if r["scenario"] == "batch"],
             ("server", "req/s", "images/s", "vs FastAPI", "p50", "p99", "max", "errors", "CPU", "wrk"),
         ),
+        "## The Open Inference Protocol beside /inference",
+        _v2(rows, o["load_connections"]),
         "## Memory of each process",
         _memory(results),
         *[f"![memory]({c})" for c in charts if Path(c).stem == "memory"],
@@ -80,6 +82,19 @@ def render(results: dict[str, Any], charts: list[str]) -> str:
         _reproduce(results),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _v2(rows: list[dict[str, Any]], connections: int) -> str:
+    """The service's V2 infer route (one digit as UINT8 pixels in JSON) beside /inference (one base64 PNG)."""
+    single, v2 = _find(rows, "mindtrace", "single", connections), _find(rows, "mindtrace", "v2", connections)
+    if not single or not v2:
+        return "(not measured in this run)"
+    table = _table([single, v2], ("scenario", "connections", "req/s", "p50", "p99", "max", "errors", "CPU"))
+    return (
+        "`POST /v2/models/mnist-mlp/infer` with one digit as UINT8 pixels in JSON (784 numbers, what a "
+        "KServe or Triton client sends) against `POST /inference` with the same digit as base64 PNG, "
+        f"{connections} connections: {v2['rps'] / single['rps']:.2f}x the requests per second.\n\n{table}"
+    )
 
 
 def _find(

@@ -92,7 +92,7 @@ class Point:
     """One wrk run against one server, and what the server's processes used meanwhile."""
 
     server: str
-    scenario: str  # single, batch, retrain, soak
+    scenario: str  # single, batch, v2 (the Open Inference Protocol), retrain, soak
     connections: int
     round: int
     images_per_request: int
@@ -166,13 +166,14 @@ class Bench:
         digits = mnist_test_digits(self.options.digits, config=self.config)
         self.texts = digits.texts
         self.offline = classify(batch_pixels(digits.texts)).argmax(axis=1)
-        for api in ("mindtrace", "mlflow"):
-            for images in {1, self.options.batch_images}:
-                requests = digit_requests(api, digits.texts, images)
-                self.requests[api, images] = requests
-                self.bodies[api, images] = write_bodies(
-                    self.work / "wrk" / f"{api}-{images}.txt", [r.body for r in requests]
-                )
+        batch = self.options.batch_images
+        shapes = [("mindtrace", 1), ("mindtrace", batch), ("mlflow", 1), ("mlflow", batch), ("v2", 1)]
+        for api, images in dict.fromkeys(shapes):  # a batch of 1 is the single-image request
+            requests = digit_requests(api, digits.texts, images)
+            self.requests[api, images] = requests
+            self.bodies[api, images] = write_bodies(
+                self.work / "wrk" / f"{api}-{images}.txt", [r.body for r in requests]
+            )
         self.model = {
             **imported,
             "test_acc": summary["test_acc"],
@@ -252,6 +253,8 @@ class Bench:
             requests = [
                 r for images in sorted({1, self.options.batch_images}) for r in self.requests[s.api, images]
             ]
+            if s.name == "mindtrace":
+                requests += self.requests["v2", 1]
             result = check_answers(s.url, requests, self.offline)
             self.correct[s.name] = result
             console.print(
@@ -275,7 +278,8 @@ class Bench:
         requests of that file."""
         assert s.proc is not None
         images = self.options.batch_images if scenario == "batch" else 1
-        bodies, route, script = self.bodies[s.api, images], self.requests[s.api, images][0].route, self.script
+        api = "v2" if scenario == "v2" else s.api
+        bodies, route, script = self.bodies[api, images], self.requests[api, images][0].route, self.script
         if mixed:
             bodies, route, script = mixed, "", self.mixed_script
         log = self.logs / "wrk" / f"{s.name}-{scenario}-{connections}-r{round_}.log".replace(" ", "-")
@@ -320,6 +324,9 @@ class Bench:
             for s in self.live:
                 if self._batches(s):
                     self.point(s, "batch", options.batch_connections, round_, options.seconds)
+            ours = self.ours()
+            if ours:  # the Open Inference Protocol's infer route, beside /inference at the same load
+                self.point(ours, "v2", options.load_connections, round_, options.seconds)
 
     def _batches(self, s: Server) -> bool:
         """Whether ``s`` gets batch points: every server that does work, but batching off (one model call
@@ -356,6 +363,11 @@ class Bench:
         process before and after."""
         console.rule(f"[bold]long run, mixed traffic: {self.options.soak_seconds} s")
         mixed = write_requests(self.work / "wrk" / "mixed.txt", mixed_requests(self.texts))
+        # Unrecorded first: what the traffic loads once (a follower worker loads MLflow's client for its first
+        # registry read, about 160 MB) is not growth. Then the memory at both ends of the run compares.
+        warmup = max(1, min(30, self.options.soak_seconds // 10))
+        log = self.logs / "wrk" / "soak-warmup.log"
+        run_wrk(s.url, mixed, "", self.options.load_connections, warmup, self.mixed_script, log)
         self.point(s, "soak", self.options.load_connections, 1, self.options.soak_seconds, mixed)
         assert s.proc is not None
         self.memory[s.name]["after the long run"] = [asdict(p) for p in tree_memory(s.proc.pid)]

@@ -117,7 +117,7 @@ class Mindtrace:
             pixels = digit_pixels(image, self.limits)[None]
         except ImageRejected as exc:
             return error_response(exc.status, f"image: {exc}")
-        answer = await self._predict(pixels)
+        answer = await self.classify(pixels)
         if isinstance(answer, JSONResponse):
             return answer
         probs, model = answer
@@ -136,7 +136,7 @@ class Mindtrace:
             pixels = batch_pixels(images, self.limits)
         except ImageRejected as exc:
             return error_response(exc.status, str(exc))
-        answer = await self._predict(pixels)
+        answer = await self.classify(pixels)
         if isinstance(answer, JSONResponse):
             return answer
         probs, model = answer
@@ -148,7 +148,9 @@ class Mindtrace:
         body = {"predictions": predictions, "model": model.model_dump()}
         return Response(json.dumps(body), media_type="application/json")
 
-    async def _predict(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef] | JSONResponse:
+    async def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef] | JSONResponse:
+        """Probabilities for uint8 pixels ``[n, 28, 28]`` and the model that computed them, through the
+        batching queue; or the 503 to answer (no model yet, or the queue over its latency budget)."""
         try:
             probs, served = await self.predictor.predict(pixels)
         except NotServing:

@@ -146,8 +146,10 @@ def guarded_by(method: str, path: str) -> str | None:
 
     >>> guarded_by("POST", "/registry/models/{name}/aliases/{alias}"), guarded_by("GET", "/jobs")
     ('api', None)
+    >>> guarded_by("POST", "/v2/models/mnist-mlp/infer"), guarded_by("GET", "/v2/models/mnist-mlp")
+    ('inference', None)
     """
-    if path in INFERENCE_PATHS:
+    if path in INFERENCE_PATHS or (method == "POST" and path.startswith("/v2/") and path.endswith("/infer")):
         return "inference"
     if method == "POST" and (path == "/retrain" or path.startswith("/registry/")):
         return "api"

@@ -64,14 +64,15 @@ def test_bench_serve_measures_every_server_and_writes_the_report(tmp_path, real_
             assert [p["role"] for p in processes].count("supervisor") == 1, processes
             assert sum(p["role"] == "worker" for p in processes) == 2, processes  # --workers: one per core
             assert all(p["pid"] > 0 and p["rss_mb"] > 10 for p in processes), processes
-    for name in working:
-        assert servers[name]["correct"]["same"] == servers[name]["correct"]["checked"] == 100 + 104, name
+    for name in working:  # 100 single digits, 13 batches of 8, and the service's 100 V2 requests
+        checked = 100 + 104 + (100 if name == "mindtrace" else 0)
+        assert servers[name]["correct"]["same"] == servers[name]["correct"]["checked"] == checked, name
 
     measured = {(r["server"], r["scenario"], r["connections"]) for r in results["medians"]}
     for name in servers:
         assert {(name, "single", 2), (name, "single", 4)} <= measured
     assert {("mindtrace", "batch", 2), ("fastapi", "batch", 2), ("mlflow", "batch", 2)} <= measured
-    assert ("mindtrace", "retrain", 4) in measured
+    assert ("mindtrace", "retrain", 4) in measured and ("mindtrace", "v2", 4) in measured
     for point in results["points"]:
         wrk = point["wrk"]
         expected = wrk["statuses"].get("4xx", 0)  # the long run's client mistakes, each answered with a 4xx
@@ -86,6 +87,7 @@ def test_bench_serve_measures_every_server_and_writes_the_report(tmp_path, real_
 
     report = (tmp_path / "BENCH.md").read_text()
     for heading in ("## Targets", "### 2 connections", "### 4 connections", "## Batch requests", "## Memory",
+                    "## The Open Inference Protocol beside /inference",
                     "## Cold start", "## Correctness pass", "retraining job", "## Reproduce"):  # fmt: skip
         assert heading in report
     assert "cold start to /readyz 200" in report and "supervising process" in report
