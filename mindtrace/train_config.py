@@ -12,10 +12,10 @@ from __future__ import annotations
 import configparser
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from mindtrace.config import Config
 from mindtrace.data.fetch import TRAIN_SIZE
@@ -27,6 +27,26 @@ DEFAULT_LEARNING_RATE = 3e-3
 DEFAULT_WEIGHT_DECAY = 1e-4
 
 
+def _not_a_bool(value: Any) -> Any:
+    """Pydantic reads true as 1: a number that is a JSON boolean is a client's mistake, refused as the
+    document's schema (number, integer) says. Strings still convert, for INI and YAML files.
+
+    >>> from pydantic import ValidationError
+    >>> try:
+    ...     TrainConfig(epochs=True)
+    ... except ValidationError as exc:
+    ...     print(exc.errors()[0]["msg"])
+    Value error, a number, not true or false
+    """
+    if isinstance(value, bool):
+        raise ValueError("a number, not true or false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
+
+
 class TrainConfig(BaseModel):
     """Every knob of a training run, validated; unknown keys are refused.
 
@@ -36,19 +56,19 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(10, ge=1, le=1000, description="passes over the training split")
-    learning_rate: float = Field(
+    epochs: Int = Field(10, ge=1, le=1000, description="passes over the training split")
+    learning_rate: Float = Field(
         DEFAULT_LEARNING_RATE, gt=0, le=1, description="peak learning rate of the one-cycle schedule"
     )
-    batch_size: int = Field(256, ge=1, le=8192, description="images per training step")
-    hidden_dims: list[int] = Field(
+    batch_size: Int = Field(256, ge=1, le=8192, description="images per training step")
+    hidden_dims: list[Int] = Field(
         list(DEFAULT_DIM[1:-1]), max_length=8, description="sizes of the hidden layers"
     )
-    dropout: float = Field(DEFAULT_DROPOUT, ge=0, lt=1, description="dropout after each hidden layer")
-    weight_decay: float = Field(DEFAULT_WEIGHT_DECAY, ge=0, le=1, description="AdamW weight decay")
-    seed: int = Field(42, ge=0, description="seeds the split, the initial weights and the shuffling")
-    num_train: int = Field(55_000, ge=1, le=TRAIN_SIZE, description="training images")
-    num_val: int = Field(5_000, ge=1, le=TRAIN_SIZE, description="validation images")
+    dropout: Float = Field(DEFAULT_DROPOUT, ge=0, lt=1, description="dropout after each hidden layer")
+    weight_decay: Float = Field(DEFAULT_WEIGHT_DECAY, ge=0, le=1, description="AdamW weight decay")
+    seed: Int = Field(42, ge=0, description="seeds the split, the initial weights and the shuffling")
+    num_train: Int = Field(55_000, ge=1, le=TRAIN_SIZE, description="training images")
+    num_val: Int = Field(5_000, ge=1, le=TRAIN_SIZE, description="validation images")
 
     @field_validator("hidden_dims", mode="before")
     @classmethod
@@ -130,8 +150,8 @@ class PromotionPolicy(BaseModel):
     metric: Literal["test_acc", "test_macro_f1", "test_loss"] = Field(
         "test_acc", description="what 'better' means (test_loss: lower is better)"
     )
-    margin: float = Field(0.0, ge=0, le=1, description="how much better the challenger must be")
-    min_accuracy: float = Field(
+    margin: Float = Field(0.0, ge=0, le=1, description="how much better the challenger must be")
+    min_accuracy: Float = Field(
         0.9, ge=0, le=1, description="test accuracy the first champion needs (if-better, no champion yet)"
     )
 

@@ -123,6 +123,9 @@ def test_train_config_defaults_and_dim():
         ({"batch_size": "many"}, "batch_size"),
         ({"num_train": 59_000, "num_val": 2_000}, "num_train + num_val"),
         ({"epoch": 3}, "epoch"),  # a typo is refused, not ignored
+        ({"epochs": True}, "epochs"),  # JSON's true is no number (pydantic alone would read it as 1)
+        ({"dropout": False}, "dropout"),
+        ({"hidden_dims": [True]}, "hidden_dims"),
     ],
 )
 def test_train_config_names_the_bad_field(values, field):
@@ -182,3 +185,10 @@ def test_train_request_names_a_bad_policy():
     with pytest.raises(ValidationError) as info:
         TrainRequest.model_validate({"policy": "sometimes"})
     assert info.value.errors()[0]["loc"] == ("promotion", "policy")
+
+
+def test_train_request_refuses_a_boolean_threshold():
+    # Found by schemathesis (seed 555818139): {"promotion": {"min_accuracy": false}} was read as 0.0.
+    with pytest.raises(ValidationError) as info:
+        TrainRequest.model_validate({"promotion": {"min_accuracy": False}})
+    assert info.value.errors()[0]["loc"] == ("promotion", "min_accuracy")
