@@ -334,15 +334,20 @@ def test_concurrent_alias_moves_keep_the_log_exact(store):
     once: every logged move starts where the one before it ended, and rollback still restores exactly."""
     name = _copy_model(store, 3)
 
-    def mover(k: int) -> None:
+    def mover(k: int) -> list:
         registry = Registry(store.registry.tracking_uri, store.config)
-        for i in range(6):
+        return [
             registry.set_alias(name, "champion", str((k + i) % 3 + 1), reason=f"{k}-{i}", actor=f"mover-{k}")
+            for i in range(6)
+        ]
 
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(mover, range(4)))
+        events = [e for moved in pool.map(mover, range(4)) for e in moved]
     history = store.registry.alias_history(name, "champion")
-    assert len(history) >= 12  # moves to where the alias already points are not moves, and not logged
+    # Every real move is logged once; a move to where the alias already points is none, and not logged (how
+    # many of those there are depends on how the movers interleave).
+    moved = sorted(e.reason for e in events if e.previous != e.version)
+    assert sorted(e.reason for e in history) == moved and len(moved) >= 3
     for before, after in zip(history, history[1:], strict=False):
         assert after.previous == before.version, (before, after)
     assert history[-1].version == store.registry.alias_target(name, "champion")
