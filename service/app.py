@@ -1,4 +1,4 @@
-"""The BentoML service: inference with adaptive batching, retraining, registry routes, hot-swap.
+"""The BentoML service: inference with adaptive batching, retraining, registry routes, hot-swap, monitoring.
 
 Settings come from the ``[SERVICE]`` section of the mindtrace config (environment:
 ``MINDTRACE__SERVICE__<KEY>``); tokens from ``MINDTRACE_API_TOKEN`` and ``MINDTRACE_INFERENCE_TOKEN``.
@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from mindtrace.images import ImageLimits, ImageRejected
 from mindtrace.jobs import JobState, JobStore
+from mindtrace.monitoring import MonitoringSettings, PredictionLog, Retention
 from mindtrace.predict import batch_pixels, digit_pixels
 from mindtrace.registry.errors import RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent
@@ -32,7 +33,9 @@ from service.batching import NotServing, Overloaded, Predictor
 from service.deadline import Bounded
 from service.errors import error_response
 from service.guard import Guard
+from service.monitor import Monitor
 from service.openapi import Document
+from service.recorder import Recorder
 from service.schemas import (
     EXAMPLE_IMAGE,
     MAX_BATCH,
@@ -80,6 +83,8 @@ class Mindtrace:
             SETTINGS.getint("BATCH_MAX_REQUESTS"), SETTINGS.getint("BATCH_MAX_LATENCY_MS")
         )
         self._registry: Registry | None = None
+        self.recorder, self.monitor = _monitoring(self.predictor)
+        self.recorder.start()
         # Worker 1 follows the champion in the registry; the others follow it through worker 1 (watcher.py).
         leader = bentoml.server_context.worker_index in (None, 1)
         self.watcher: Follower = (
@@ -88,6 +93,8 @@ class Mindtrace:
             else Follower(self.predictor, settings)
         )
         self.watcher.start()
+        if leader:
+            self.monitor.start_refresh(settings["MONITORING"].getfloat("REFRESH_SECONDS"))
 
     @property
     def registry(self) -> Registry:
@@ -105,6 +112,10 @@ class Mindtrace:
     def _settle_the_collector(self) -> None:
         settle_the_collector()  # the modules, MLflow's client and the model are loaded by now
 
+    @bentoml.on_shutdown
+    def _flush_the_log(self) -> None:
+        self.recorder.stop()  # what is queued is written before the worker exits
+
     def __is_ready__(self) -> bool:
         return self.predictor.current is not None
 
@@ -120,8 +131,10 @@ class Mindtrace:
         answer = await self.classify(pixels)
         if isinstance(answer, JSONResponse):
             return answer
-        probs, model = answer
-        return InferenceResponse(label=int(probs[0].argmax()), probabilities=probs[0].tolist(), model=model)
+        probs, model, ids = answer
+        return InferenceResponse(
+            label=int(probs[0].argmax()), probabilities=probs[0].tolist(), model=model, prediction_id=ids[0]
+        )
 
     @bentoml.api(route="/inference/batch")
     async def inference_batch(
@@ -139,25 +152,27 @@ class Mindtrace:
         answer = await self.classify(pixels)
         if isinstance(answer, JSONResponse):
             return answer
-        probs, model = answer
+        probs, model, ids = answer
         # Written directly rather than through 1,024 pydantic objects; the shape is BatchResponse's.
         predictions = [
-            {"label": label, "probabilities": row}
-            for label, row in zip(probs.argmax(axis=1).tolist(), probs.tolist(), strict=True)
+            {"label": label, "probabilities": row, "prediction_id": pid}
+            for label, row, pid in zip(probs.argmax(axis=1).tolist(), probs.tolist(), ids, strict=True)
         ]
         body = {"predictions": predictions, "model": model.model_dump()}
         return Response(json.dumps(body), media_type="application/json")
 
-    async def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef] | JSONResponse:
-        """Probabilities for uint8 pixels ``[n, 28, 28]`` and the model that computed them, through the
-        batching queue; or the 503 to answer (no model yet, or the queue over its latency budget)."""
+    async def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef, list[str]] | JSONResponse:
+        """Probabilities for uint8 pixels ``[n, 28, 28]``, the model that computed them and the prediction
+        ids (logged in the prediction log), through the batching queue; or the 503 to answer (no model yet,
+        or the queue over its latency budget)."""
         try:
             probs, served = await self.predictor.predict(pixels)
         except NotServing:
             return error_response(503, HOW_TO_TRAIN)
         except Overloaded as exc:
             return error_response(503, f"{exc}; retry shortly")
-        return probs, ModelRef(name=served.name, version=served.version)
+        ids = self.recorder.record(pixels, probs, served.name, served.version)
+        return probs, ModelRef(name=served.name, version=served.version), ids
 
     def move_alias(self, name: str, alias: str, version: str) -> AliasEvent | JSONResponse:
         """Move ``alias``; for the served alias, load the version first and refuse (409) one that fails."""
@@ -206,6 +221,22 @@ class Mindtrace:
         metrics.job_finished(state.status)
         if state.promoted:
             self.watcher.wake()
+
+
+def _monitoring(predictor: Predictor) -> tuple[Recorder, Monitor]:
+    """The worker's recorder (prediction ids, batched log writes) and monitor (feedback, reports)."""
+    section = settings["MONITORING"]
+    store = PredictionLog(settings["DIR_PATHS"].getpath("MONITORING") / "predictions.db")
+    retention = Retention(section.getfloat("MAX_AGE_HOURS") * 3600, section.getint("MAX_ROWS"))
+    recorder = Recorder(
+        store,
+        sample=section.getfloat("SAMPLE"),
+        flush_seconds=section.getfloat("FLUSH_SECONDS"),
+        max_pending=section.getint("MAX_PENDING"),
+        retention=retention,
+    )
+    model = settings["MLFLOW"]["REGISTERED_MODEL"]
+    return recorder, Monitor(store, recorder, predictor, MonitoringSettings.from_config(settings), model)
 
 
 Mindtrace.mount_asgi_app(control.app, path="/")

@@ -18,10 +18,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service import metrics
+
+if TYPE_CHECKING:
+    from mindtrace.monitoring import Reference
 
 # uint8 pixels [n, 28, 28] -> probabilities [n, 10]: mindtrace.runtime.OnnxClassifier in the service.
 Classify = Callable[[np.ndarray], np.ndarray]
@@ -29,13 +33,14 @@ Classify = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Served:
-    """A loaded model and where it came from."""
+    """A loaded model, where it came from, and its drift reference (None for a stand-in in a test)."""
 
     classify: Classify
     name: str
     version: str
     tag: str
     loaded_at: float
+    reference: Reference | None = None
 
 
 class NotServing(RuntimeError):

@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import new_request_id, unexpected
 
-INFERENCE_PATHS = ("/inference", "/inference/batch")
+# Feedback comes from the clients that asked for the predictions, so their token guards it too.
+INFERENCE_PATHS = ("/inference", "/inference/batch", "/feedback")
 # 5xx answers the service gives on purpose, each with its own message: no model or no registry (503), a
 # request past its time (504). Any other 5xx is a failure, answered with a request id only.
 KNOWN_5XX = (503, 504)

@@ -11,7 +11,8 @@ import bentoml
 import numpy as np
 
 if TYPE_CHECKING:
-    from service.model import Served
+    from mindtrace.monitoring import VersionReport
+    from service.batching import Served
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="mindtrace_predictions", documentation="Images classified, by predicted label", labelnames=["label"]
@@ -29,6 +30,39 @@ SWAPS = bentoml.metrics.Counter(
 )
 JOBS = bentoml.metrics.Counter(
     name="mindtrace_retrain_jobs", documentation="Finished retraining jobs by outcome", labelnames=["outcome"]
+)
+FEEDBACK = bentoml.metrics.Counter(
+    name="mindtrace_feedback", documentation="Feedback labels accepted (POST /feedback)"
+)
+LOG_WRITTEN = bentoml.metrics.Counter(
+    name="mindtrace_prediction_log_written", documentation="Predictions written to the prediction log"
+)
+LOG_DROPPED = bentoml.metrics.Counter(
+    name="mindtrace_prediction_log_dropped",
+    documentation="Sampled predictions not logged: the worker's queue was full or a write failed",
+)
+# Recomputed by the leader worker every [MONITORING] REFRESH_SECONDS and by every GET /monitoring; the most
+# recent computation wins, so /metrics says what /monitoring last said. NaN: not enough data yet.
+_BY_VERSION = {"labelnames": ["model", "version"], "multiprocess_mode": "livemostrecent"}
+LIVE_ACCURACY = bentoml.metrics.Gauge(
+    name="mindtrace_live_accuracy",
+    documentation="Accuracy on the newest feedback-labelled predictions of each version",
+    **_BY_VERSION,
+)
+LIVE_ACCURACY_LABELLED = bentoml.metrics.Gauge(
+    name="mindtrace_live_accuracy_labelled",
+    documentation="Feedback labels behind mindtrace_live_accuracy",
+    **_BY_VERSION,
+)
+DRIFT_P_VALUE = bentoml.metrics.Gauge(
+    name="mindtrace_drift_p_value",
+    documentation="The drift test's p-value on each version's newest predictions (small: drifted)",
+    **_BY_VERSION,
+)
+DRIFT_DETECTED = bentoml.metrics.Gauge(
+    name="mindtrace_drift_detected",
+    documentation="1 when the drift test rejects 'same distribution as the reference' at alpha",
+    **_BY_VERSION,
 )
 
 
@@ -51,3 +85,35 @@ def swap_failed() -> None:
 
 def job_finished(status: str) -> None:
     JOBS.labels(outcome=status).inc()
+
+
+def feedback_accepted(n: int) -> None:
+    FEEDBACK.inc(n)
+
+
+def log_written(n: int) -> None:
+    LOG_WRITTEN.inc(n)
+
+
+def log_dropped(n: int) -> None:
+    LOG_DROPPED.inc(n)
+
+
+def monitored(report: VersionReport) -> None:
+    """Publish one version's live accuracy and drift verdict (``mindtrace.monitoring.report``)."""
+    labels = {"model": report.model, "version": report.version}
+    accuracy = report.live_accuracy
+    LIVE_ACCURACY.labels(**labels).set(float("nan") if accuracy.value is None else accuracy.value)
+    LIVE_ACCURACY_LABELLED.labels(**labels).set(accuracy.labelled)
+    drift = report.drift
+    DRIFT_P_VALUE.labels(**labels).set(float("nan") if drift.p_value is None else drift.p_value)
+    DRIFT_DETECTED.labels(**labels).set(int(drift.detected))
+
+
+def unmonitored(model: str, version: str) -> None:
+    """Blank a version's gauges once it is no longer served (NaN: no value, no alert)."""
+    labels = {"model": model, "version": version}
+    for gauge in (LIVE_ACCURACY, DRIFT_P_VALUE):
+        gauge.labels(**labels).set(float("nan"))
+    LIVE_ACCURACY_LABELLED.labels(**labels).set(0)
+    DRIFT_DETECTED.labels(**labels).set(0)

@@ -77,6 +77,12 @@ INPUTS = [
 OUTPUTS = [
     TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, 10]),
     TensorMetadata(name="label", datatype="INT64", shape=[-1]),
+    TensorMetadata(
+        name="prediction_id",
+        datatype="BYTES",
+        shape=[-1],
+        parameters={"content": "the id POST /feedback takes with the true label"},
+    ),  # fmt: skip
 ]
 
 
@@ -214,10 +220,10 @@ async def infer(request: Request, name: str, version: Version | None = None) -> 
     answer = await svc.classify(parsed.pixels)
     if isinstance(answer, JSONResponse):
         return answer
-    probs, model = answer
+    probs, model, ids = answer
     if version is not None and model.version != version:
         return error_response(409, f"version {version} was replaced by {model.version} during the request")
-    body, header_length = write_response(probs, parsed, name, model.version)
+    body, header_length = write_response(probs, ids, parsed, name, model.version)
     if header_length is None:
         return Response(body, media_type="application/json")
     headers = {HEADER_LENGTH: str(header_length)}

@@ -23,6 +23,9 @@ class Prediction(BaseModel):
     probabilities: list[float] = Field(
         min_length=10, max_length=10, description="one per digit 0-9, summing to 1"
     )
+    prediction_id: str = Field(
+        examples=["3f9c2a7b1d0e4c58"], description="send it back with the true label to POST /feedback"
+    )
 
 
 class InferenceResponse(Prediction):

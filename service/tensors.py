@@ -30,7 +30,7 @@ from mindtrace.preprocess import MEAN, STD
 
 MAX_IMAGES = 1024  # as POST /inference/batch
 PIXEL_SHAPES = ((784,), (28, 28), (1, 28, 28))
-OUTPUTS = {"probabilities": "FP32", "label": "INT64"}
+OUTPUTS = {"probabilities": "FP32", "label": "INT64", "prediction_id": "BYTES"}
 NUMPY = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 # Normalised pixels (x / 255 - MEAN) / STD lie in this range; a little beyond is rounding.
 FP32_RANGE = ((0 - MEAN) / STD - 0.01, (1 - MEAN) / STD + 0.01)
@@ -86,25 +86,37 @@ def read_request(body: bytes, header_length: int | None, limits: ImageLimits) ->
 
 
 def write_response(
-    probs: np.ndarray, request: InferRequest, model: str, version: str
+    probs: np.ndarray, ids: list[str], request: InferRequest, model: str, version: str
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary data follows it (else None)."""
+    """The response body, and the JSON header's length when binary data follows it (else None).
+
+    ``ids`` are the prediction ids (``POST /feedback`` takes them back), a BYTES output.
+    """
     values = {"probabilities": probs.astype("<f4"), "label": probs.argmax(axis=1).astype("<i8")}
     outputs, blobs = [], []
     for name, binary in request.outputs.items():
-        array = values[name]
-        tensor: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name], "shape": list(array.shape)}
+        shape = [len(ids)] if name == "prediction_id" else list(values[name].shape)
+        tensor: dict[str, Any] = {"name": name, "datatype": OUTPUTS[name], "shape": shape}
         if binary:
-            blobs.append(array.tobytes())
+            blobs.append(_bytes_tensor(ids) if name == "prediction_id" else values[name].tobytes())
             tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
         else:
-            tensor["data"] = array.ravel().tolist()
+            tensor["data"] = ids if name == "prediction_id" else values[name].ravel().tolist()
         outputs.append(tensor)
     answer: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.id is not None:
         answer["id"] = request.id
     header = json.dumps(answer).encode()
     return header + b"".join(blobs), len(header) if blobs else None
+
+
+def _bytes_tensor(texts: list[str]) -> bytes:
+    """A BYTES tensor as binary data: each element's length (4 bytes, little-endian), then the element.
+
+    >>> _bytes_tensor(["ab"])
+    b'\\x02\\x00\\x00\\x00ab'
+    """
+    return b"".join(len(t).to_bytes(4, "little") + t.encode() for t in texts)
 
 
 def _pixels(tensor: dict[str, Any], binary: bytes, limits: ImageLimits) -> tuple[np.ndarray, int]:

@@ -69,4 +69,5 @@ def test_typed_getters():
 
 
 def test_as_dict_has_every_section():
-    assert set(Config(env={}).as_dict()) == {"DIR_PATHS", "MLFLOW", "MNIST", "PROMOTION", "SERVICE"}
+    sections = {"DIR_PATHS", "MLFLOW", "MNIST", "PROMOTION", "SERVICE", "MONITORING"}
+    assert set(Config(env={}).as_dict()) == sections

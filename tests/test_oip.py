@@ -74,7 +74,7 @@ def test_health_and_metadata(service):
     normalized = next(t for t in meta["inputs"] if t["name"] == "normalized")
     assert str(MEAN) in normalized["parameters"]["normalization"]  # the metadata states the normalisation
     assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in meta["outputs"]} == {
-        ("probabilities", "FP32", (-1, 10)), ("label", "INT64", (-1,))
+        ("probabilities", "FP32", (-1, 10)), ("label", "INT64", (-1,)), ("prediction_id", "BYTES", (-1,))
     }  # fmt: skip
     assert client.get_model_metadata(MODEL, "1")["versions"] == ["1"]
     assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, "1")
@@ -102,7 +102,13 @@ def test_normalised_fp32_and_base64_bytes_get_the_labels_of_inference(service):
     normalised = ((service.pixels / 255.0 - MEAN) / STD).astype(np.float32)[:, None]  # [N, 1, 28, 28]
     fp32 = triton.InferInput("normalized", list(normalised.shape), "FP32")
     fp32.set_data_from_numpy(normalised)
-    assert np.array_equal(_infer(service, fp32).as_numpy("label"), service.labels)
+    result = _infer(service, fp32)  # every output, binary: tritonclient's default
+    assert np.array_equal(result.as_numpy("label"), service.labels)
+    ids = [i.decode() for i in result.as_numpy("prediction_id")]
+    assert len(set(ids)) == len(service.labels) and all(len(i) == 16 for i in ids)
+    feedback = {"items": [{"prediction_id": ids[0], "label": int(service.labels[0])}]}
+    answer = requests.post(service.url + "/feedback", json=feedback, headers=AUTH, timeout=30)
+    assert answer.status_code == 202 and answer.json()["accepted"] == 1  # V2 ids take feedback too
 
     images = np.array([t.encode() for t in service.texts], dtype=np.object_)
     for binary in (True, False):

@@ -123,10 +123,16 @@ def test_outputs_as_json_or_binary_and_only_those_asked_for():
     probs = RNG.random((2, 10)).astype(np.float32)
     tensor = {"name": "p", "datatype": "UINT8", "shape": [2, 784], "data": [0] * 1568}
     both = read_request(*_request(tensor, id="r1"), LIMITS)
-    body, length = write_response(probs, both, "mnist-mlp", "3")
+    body, length = write_response(probs, ["a1", "b2"], both, "mnist-mlp", "3")
     answer = json.loads(body)
     assert length is None and answer["id"] == "r1" and answer["model_version"] == "3"
     by_name = {o["name"]: o for o in answer["outputs"]}
+    assert by_name["prediction_id"] == {
+        "name": "prediction_id",
+        "datatype": "BYTES",
+        "shape": [2],
+        "data": ["a1", "b2"],
+    }
     assert by_name["label"]["data"] == probs.argmax(1).tolist() and by_name["label"]["datatype"] == "INT64"
     assert np.allclose(by_name["probabilities"]["data"], probs.ravel()) and by_name["probabilities"][
         "shape"
@@ -135,8 +141,15 @@ def test_outputs_as_json_or_binary_and_only_those_asked_for():
     labels = read_request(
         *_request(tensor, outputs=[{"name": "label", "parameters": {"binary_data": True}}]), LIMITS
     )
-    body, length = write_response(probs, labels, "mnist-mlp", "3")
+    body, length = write_response(probs, ["a1", "b2"], labels, "mnist-mlp", "3")
     header = json.loads(body[:length])
     assert [o["name"] for o in header["outputs"]] == ["label"]
     assert header["outputs"][0]["parameters"] == {"binary_data_size": 16}
     assert np.frombuffer(body[length:], "<i8").tolist() == probs.argmax(1).tolist()
+
+    ids = read_request(
+        *_request(tensor, outputs=[{"name": "prediction_id", "parameters": {"binary_data": True}}]), LIMITS
+    )
+    body, length = write_response(probs, ["a1", "bb22"], ids, "mnist-mlp", "3")
+    assert json.loads(body[:length])["outputs"][0]["parameters"] == {"binary_data_size": 14}
+    assert body[length:] == b"\x02\x00\x00\x00a1\x04\x00\x00\x00bb22"

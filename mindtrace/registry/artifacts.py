@@ -15,20 +15,28 @@ True
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 import mindtrace
 from mindtrace.models.net import MLPNet, rebuild
+from mindtrace.monitoring.drift import REFERENCE_FILE, REFERENCE_PATH, Reference
 from mindtrace.preprocess import SPEC
+from mindtrace.registry.query import ARTIFACT_TAG_PREFIX
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 # Where a run keeps each artifact, relative to its artifact root.
 MODEL_PATH = "model"
 CHECKPOINT_PATH = "checkpoints"
 EVALUATION_PATH = "evaluation"
 DATA_PATH = "data"
+REFERENCE_TAG = f"{ARTIFACT_TAG_PREFIX}reference"  # the run tag naming the drift reference
 
 
 def _signature():
@@ -84,3 +92,15 @@ def load_mlp(path: str | Path) -> MLPNet:
         )
     # torch.export archives hold a graph and raw tensors; loading one runs no pickled code.
     return rebuild(torch.export.load(str(weights[0])).state_dict, meta["dim"])
+
+
+def log_reference(client: MlflowClient, run_id: str, reference: Reference) -> None:
+    """Record ``reference`` (``mindtrace.monitoring.drift``) in run ``run_id`` and tag the run with its path.
+
+    >>> log_reference(registry.client, run_id, build_reference(net))   # doctest: +SKIP
+    """
+    with tempfile.TemporaryDirectory(prefix="mindtrace-reference-") as tmp:
+        path = Path(tmp) / REFERENCE_FILE
+        path.write_bytes(reference.to_bytes())
+        client.log_artifact(run_id, str(path), str(Path(REFERENCE_PATH).parent))
+    client.set_tag(run_id, REFERENCE_TAG, REFERENCE_PATH)

@@ -1,10 +1,12 @@
 """Import a registered MLflow model version into the BentoML model store, and load it back for serving.
 
-The BentoML model holds two files: the MLP's weights as a plain ``state_dict`` (read back with
-``weights_only=True``, so loading runs no pickled code), and the serving graph exported to ONNX (uint8 pixels
-in, probabilities out). The ONNX graph may enter the store only after its outputs equal PyTorch's to 1e-5 on
-1,000 real MNIST test digits. Labels and metadata hold the MLflow name, version and run id, the test metrics,
-the training parameters, the preprocessing spec, both files' sha256 and that check's figures. The tag is
+The BentoML model holds three files: the MLP's weights as a plain ``state_dict`` (read back with
+``weights_only=True``, so loading runs no pickled code), the serving graph exported to ONNX (uint8 pixels
+in, probabilities out), and the version's drift reference (``mindtrace.monitoring.drift``), copied from its
+MLflow run (or made and recorded there first, for a version registered before references were). The ONNX
+graph may enter the store only after its outputs equal PyTorch's to 1e-5 on 1,000 real MNIST test digits.
+Labels and metadata hold the MLflow name, version and run id, the test metrics, the training parameters,
+the preprocessing spec, each file's sha256 and that check's figures. The tag is
 derived from the registered version and its run, so importing the same version twice finds the first import.
 DESIGN.md explains why this beats ``bentoml.mlflow.import_model`` for serving.
 
@@ -15,6 +17,8 @@ needs only ONNX Runtime, so the service's workers never import torch.
 >>> result.tag, result.created                          # doctest: +SKIP
 ('mnist-mlp:v3-1f2e3d4c', True)
 >>> classify, model = load_classifier(result.tag)       # doctest: +SKIP
+>>> load_reference(model).description                   # doctest: +SKIP
+'MNIST test set (10000 digits)'
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pydantic import BaseModel
 
 from mindtrace.config import Config
 from mindtrace.faults import failpoint
+from mindtrace.monitoring.drift import REFERENCE_FILE, Reference
 from mindtrace.preprocess import SPEC
 from mindtrace.registry.schemas import VersionInfo
 from mindtrace.utils import exclusive_lock
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "weights.pt"
 ONNX_FILE = "model.onnx"
+# Every file of an entry, with the metadata key of its sha256.
+FILES = {WEIGHTS_FILE: "weights_sha256", ONNX_FILE: "onnx_sha256", REFERENCE_FILE: "reference_sha256"}
 # The ONNX graph must give PyTorch's probabilities to within this, on this many real test digits.
 RUNTIME_TOLERANCE = 1e-5
 RUNTIME_CHECK_DIGITS = 1000
@@ -111,10 +118,11 @@ def import_version(
         except NotFound:
             pass
         except ValueError:
-            bentoml.models.delete(tag)  # damaged, half-copied, or from before the ONNX graph: import it again
+            bentoml.models.delete(tag)  # damaged, half-copied, or from before a file it needs: import again
 
         net, info = registry.load_module(info.name, info.version)
         weights, graph, check = _serving_files(net, registry.config, f"version {info.version} of {info.name}")
+        reference = _reference(registry, info, net).to_bytes()
         labels = {
             "source": "mindtrace",
             "mlflow-model": tag.split(":")[0],
@@ -136,6 +144,7 @@ def import_version(
             "dim": net.dim,
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
             "onnx_sha256": hashlib.sha256(graph).hexdigest(),
+            "reference_sha256": hashlib.sha256(reference).hexdigest(),
             "runtime_check": check,
             "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -145,6 +154,7 @@ def import_version(
                 Path(model.path_of(WEIGHTS_FILE)).write_bytes(weights)
                 failpoint("import")
                 Path(model.path_of(ONNX_FILE)).write_bytes(graph)
+                Path(model.path_of(REFERENCE_FILE)).write_bytes(reference)
         except OSError as exc:  # a full disk, a read-only store; BentoML has removed what it copied
             raise StoreWriteError(f"could not write {tag} into the BentoML store: {_why(exc)}") from exc
         return _result(tag, True, info, bentoml.models.get(tag).path)
@@ -177,6 +187,22 @@ def _serving_files(net: MLPNet, config: Config, what: str) -> tuple[bytes, bytes
     )
 
 
+def _reference(registry: Registry, info: VersionInfo, net: MLPNet) -> Reference:
+    """The version's drift reference from its run; made from ``net`` and recorded in the run when missing."""
+    import tempfile
+
+    from mindtrace.monitoring.drift import build_reference
+    from mindtrace.registry.artifacts import log_reference
+
+    if "reference" in info.artifacts:
+        with tempfile.TemporaryDirectory(prefix="mindtrace-reference-") as tmp:
+            return Reference.from_bytes(registry.download_artifact(info, "reference", Path(tmp)).read_bytes())
+    reference = build_reference(net, registry.config)
+    if info.run_id:
+        log_reference(registry.client, info.run_id, reference)
+    return reference
+
+
 def load_classifier(model_or_tag: Any) -> tuple[OnnxClassifier, Any]:
     """The ONNX Runtime classifier of a BentoML model made by :func:`import_version`, and the model.
 
@@ -187,6 +213,15 @@ def load_classifier(model_or_tag: Any) -> tuple[OnnxClassifier, Any]:
 
     model, files = _files(model_or_tag)
     return OnnxClassifier(files[ONNX_FILE]), model
+
+
+def load_reference(model_or_tag: Any) -> Reference:
+    """The drift reference of a BentoML model made by :func:`import_version`.
+
+    Raises ValueError when the entry is not such a model or a file does not match its recorded digest.
+    """
+    _, files = _files(model_or_tag)
+    return Reference.from_bytes(files[REFERENCE_FILE])
 
 
 def load_bento_mlp(model_or_tag: Any) -> tuple[MLPNet, Any]:
@@ -204,7 +239,7 @@ def load_bento_mlp(model_or_tag: Any) -> tuple[MLPNet, Any]:
 
 
 def _files(model_or_tag: Any) -> tuple[Any, dict[str, bytes]]:
-    """A store entry and its two files' bytes, each checked against the sha256 recorded at import.
+    """A store entry and its files' bytes, each checked against the sha256 recorded at import.
 
     Raises BentoML's NotFound for no entry, ValueError for one that cannot be read or is damaged (a process
     killed while BentoML copied it into the store leaves a folder without its ``model.yaml``).
@@ -222,10 +257,13 @@ def _files(model_or_tag: Any) -> tuple[Any, dict[str, bytes]]:
             raise ValueError(f"{model_or_tag} is damaged: {exc}") from None
     metadata = model.info.metadata
     files = {}
-    for name, key in ((WEIGHTS_FILE, "weights_sha256"), (ONNX_FILE, "onnx_sha256")):
+    for name, key in FILES.items():
         path = Path(model.path_of(name))
         if "dim" not in metadata or key not in metadata or not path.is_file():
-            raise ValueError(f"{model.tag} is not a mindtrace model: {name} or its digest is missing")
+            raise ValueError(
+                f"{model.tag} is not a mindtrace model, or one imported before it had {name}: "
+                f"{name} or its digest is missing"
+            )
         files[name] = path.read_bytes()
         if hashlib.sha256(files[name]).hexdigest() != metadata[key]:
             raise ValueError(f"{model.tag} is damaged: its {name} does not match its recorded sha256")

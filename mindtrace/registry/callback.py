@@ -20,11 +20,13 @@ from mindtrace.evaluate import Evaluation, confusion_matrix_png, evaluate
 from mindtrace.faults import failpoint
 from mindtrace.models.mlp import MLP
 from mindtrace.models.net import MLPNet, load_checkpoint
+from mindtrace.monitoring.drift import build_reference
 from mindtrace.registry.artifacts import (
     CHECKPOINT_PATH,
     DATA_PATH,
     EVALUATION_PATH,
     MODEL_PATH,
+    log_reference,
     save_mlflow_model,
 )
 from mindtrace.registry.gate import decision_tags, review
@@ -56,8 +58,9 @@ class MlflowLightningCallback(pl.Callback):
     When ``fit`` starts: parameters, package versions, the git commit and the dataset fingerprint. Each epoch:
     its metrics. When ``fit`` ends, for the best checkpoint (or the final weights without one): test accuracy,
     loss, macro F1 and per-class accuracy, a confusion-matrix picture, the model with its signature and an
-    input example, and the checkpoint; then a new registered version, marked ``challenger``, goes through the
-    promotion gate. A run that raises is marked FAILED and registers nothing.
+    input example, the checkpoint, and the drift reference (its probabilities on the MNIST test set, which
+    the service compares live inputs with); then a new registered version, marked ``challenger``, goes
+    through the promotion gate. A run that raises is marked FAILED and registers nothing.
 
     After ``fit``: ``run_id``, ``version`` (the registered ``VersionInfo``), ``decision`` (the gate's
     ``GateDecision``) and ``evaluation`` hold the results.
@@ -193,6 +196,7 @@ class MlflowLightningCallback(pl.Callback):
         if checkpoint is not None:
             self.client.log_artifact(self.run_id, checkpoint, CHECKPOINT_PATH)
             artifacts["checkpoint"] = f"{CHECKPOINT_PATH}/{Path(checkpoint).name}"
+        log_reference(self.client, self.run_id, build_reference(net, self.config))
         tags = {f"{ARTIFACT_TAG_PREFIX}{key}": path for key, path in artifacts.items()}
         self._set_tags({**tags, "mindtrace.weights_from": weights_from})
         if self.register:

@@ -207,12 +207,16 @@ class Registry(AliasMoves):
 
     def download_model(self, info: VersionInfo, dst: Path) -> Path:
         """Copy a version's MLflow model folder into ``dst``; returns the folder."""
+        return self.download_artifact(info, "model", dst)
+
+    def download_artifact(self, info: VersionInfo, key: str, dst: Path) -> Path:
+        """Copy the artifact ``info.artifacts[key]`` (``model``, ``reference``...) into ``dst``; its path."""
         import mlflow.artifacts
 
-        with mlflow_errors(f"the model files of version {info.version} of {info.name!r} are missing"):
+        with mlflow_errors(f"the {key} files of version {info.version} of {info.name!r} are missing"):
             return Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=info.artifacts["model"], dst_path=str(dst), tracking_uri=self.tracking_uri
+                    artifact_uri=info.artifacts[key], dst_path=str(dst), tracking_uri=self.tracking_uri
                 )
             )
 

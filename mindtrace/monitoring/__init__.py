@@ -1,0 +1,24 @@
+"""Watching a served model: the prediction log, feedback labels, live accuracy and drift.
+
+- ``store``: the prediction log (SQLite under ``MINDTRACE_HOME/monitoring``) with its feedback labels;
+- ``drift``: a version's reference outputs and the shift detector;
+- ``report``: one version's live accuracy, histogram and drift verdict, as every surface shows them.
+
+No PyTorch here (the service imports this package); SciPy is loaded when a drift verdict is first computed.
+"""
+
+from mindtrace.monitoring.drift import DriftVerdict, Reference, detect
+from mindtrace.monitoring.report import MonitoringSettings, VersionReport, version_report
+from mindtrace.monitoring.store import PredictionLog, Record, Retention
+
+__all__ = [
+    "DriftVerdict",
+    "MonitoringSettings",
+    "PredictionLog",
+    "Record",
+    "Reference",
+    "Retention",
+    "VersionReport",
+    "detect",
+    "version_report",
+]

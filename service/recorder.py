@@ -1,0 +1,124 @@
+"""Each worker's side of the prediction log: ids for every answer, and batched writes off the request path.
+
+``record`` runs on the event loop for every answered request: it makes the prediction ids (one random
+draw per request) and, for a sampled request, appends one tuple holding the request's arrays to a queue;
+nothing else. A writer thread turns the queue into rows and writes them in one SQLite transaction every
+``FLUSH_SECONDS`` (``mindtrace.monitoring.store``), and applies retention every 30 flushes. So a worker killed
+mid-write loses at most its unwritten batch, and the log is never half-written (a transaction is atomic).
+
+The queue holds arrays and strings, which the garbage collector does not track, so logging adds nothing
+for the collector to walk (DESIGN.md, "Garbage collection").
+
+>>> recorder = Recorder(PredictionLog(path), 1.0, flush_seconds=1, max_pending=50_000)  # doctest: +SKIP
+>>> ids = recorder.record(pixels, probs, "mnist-mlp", "3")                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from mindtrace.monitoring.store import PredictionLog, Record, Retention
+from service import metrics
+
+log = logging.getLogger("mindtrace.service")
+ID_BYTES = 8  # 16 hex digits: unguessable enough that a client cannot label another client's predictions
+RETENTION_EVERY_FLUSHES = 30  # deleting old rows is cheap, but not worth a transaction at every flush
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` random prediction ids from one system call.
+
+    >>> [len(i) for i in new_ids(3)]
+    [16, 16, 16]
+    """
+    text = os.urandom(ID_BYTES * n).hex()
+    step = 2 * ID_BYTES
+    return [text[i : i + step] for i in range(0, len(text), step)]
+
+
+class Recorder:
+    """Logs a sample of predictions into ``store`` from a background thread; see the module docstring."""
+
+    def __init__(
+        self,
+        store: PredictionLog,
+        sample: float,
+        flush_seconds: float,
+        max_pending: int,
+        retention: Retention | None = None,
+    ):
+        self.store = store
+        self.sample = sample
+        self.flush_seconds = flush_seconds
+        self.max_pending = max_pending
+        self.retention = retention
+        self._pending: deque[tuple[list[str], float, str, str, np.ndarray, np.ndarray]] = deque()
+        # Queued rows minus taken rows is what waits; each count has one writer thread, so neither races.
+        self._queued_rows = self._taken_rows = 0
+        self._lock = threading.Lock()  # one flush at a time: the writer thread's, or one asked for
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def record(self, pixels: np.ndarray, probs: np.ndarray, model: str, version: str) -> list[str]:
+        """The prediction ids of one answered request (``pixels`` [n, 28, 28], ``probs`` [n, 10]); a
+        sampled request is queued for the log."""
+        ids = new_ids(len(probs))
+        if self.sample >= 1 or random.random() < self.sample:
+            if self._queued_rows - self._taken_rows + len(ids) > self.max_pending:
+                metrics.log_dropped(len(ids))
+            else:
+                self._pending.append((ids, time.time(), model, version, pixels, probs))
+                self._queued_rows += len(ids)
+        return ids
+
+    def flush(self) -> int:
+        """Write everything queued so far, now; how many predictions were written."""
+        with self._lock:
+            taken = []
+            while self._pending:
+                taken.append(self._pending.popleft())
+            if not taken:
+                return 0
+            records = [
+                Record(pid, at, model, version, probs[i], pixels[i])
+                for ids, at, model, version, pixels, probs in taken
+                for i, pid in enumerate(ids)
+            ]
+            self._taken_rows += len(records)
+            try:
+                self.store.write(records)
+            except Exception as exc:  # noqa: BLE001 - a full disk or a locked file must not stop serving
+                log.error("could not write %d predictions to the prediction log: %s", len(records), exc)
+                metrics.log_dropped(len(records))
+                return 0
+            metrics.log_written(len(records))
+            return len(records)
+
+    def stop(self) -> None:
+        """Write what is queued and stop the thread (the worker is shutting down)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.flush_seconds + 5)
+        self.flush()
+
+    def _loop(self) -> None:
+        flushes = 0
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+            flushes += 1
+            if self.retention and flushes % RETENTION_EVERY_FLUSHES == 0:
+                try:
+                    self.store.apply_retention(self.retention)
+                except Exception as exc:  # noqa: BLE001 - retried at the next round
+                    log.error("could not apply the prediction log's retention: %s", exc)
