@@ -14,5 +14,9 @@ apt_install() {
   || echo "note: dataset-fashion-mnist not installed; the real-file IDX test will be skipped"
 # wrk, the load generator of the serving benchmark (tests/test_bench_serve.py).
 command -v wrk >/dev/null || apt_install wrk || echo "note: wrk not installed; the serving benchmark test will be skipped"
+# promtool, which checks and unit-tests the alerting rules (tests/test_deploy.py): Debian's prometheus package
+# (on a machine running systemd, installing it also enables the prometheus daemon on port 9090).
+command -v promtool >/dev/null || apt_install prometheus \
+  || echo "note: prometheus (promtool) not installed; the alerting rule tests will be skipped"
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
