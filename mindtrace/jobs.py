@@ -62,6 +62,7 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     request: dict[str, Any]
+    trigger: str = Field(default="api", description="why it was started: 'api', or the monitoring's reason")
     stage: Stage | None = Field(default=None, description="what the job was doing last")
     progress: JobProgress = Field(default_factory=JobProgress)
     metrics: dict[str, Any] = Field(default_factory=dict, description="the run's summary once it finished")
@@ -89,10 +90,16 @@ class JobStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def submit(self, request: TrainRequest, on_exit: Callable[[JobState], None] | None = None) -> JobState:
+    def submit(
+        self,
+        request: TrainRequest,
+        on_exit: Callable[[JobState], None] | None = None,
+        trigger: str = "api",
+    ) -> JobState:
         """Start a job for ``request`` in a new process; raises ``JobConflict`` while another one is active.
 
-        ``on_exit`` is called (in a thread of this process) with the final state once the process ends.
+        ``on_exit`` is called (in a thread of this process) with the final state once the process ends;
+        ``trigger`` says why the job was started.
         """
         with exclusive_lock(self.root / "submit.lock", "another retraining request"):
             active = self.active()
@@ -102,7 +109,9 @@ class JobStore:
             job_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
             folder = self.root / job_id
             folder.mkdir()
-            state = JobState(id=job_id, status="queued", created_at=now, request=request.model_dump())
+            state = JobState(
+                id=job_id, status="queued", created_at=now, request=request.model_dump(), trigger=trigger
+            )
             self._write(state)
             # The lock is taken here and handed to the child, so the job never looks dead before it starts.
             lock_fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)

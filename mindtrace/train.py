@@ -27,6 +27,7 @@ from mindtrace.config import Config
 from mindtrace.data import MNIST
 from mindtrace.models.mlp import MLP
 from mindtrace.models.net import load_checkpoint
+from mindtrace.monitoring.store import feedback_digits
 from mindtrace.train_config import PromotionPolicy, TrainConfig, TrainRequest
 from mindtrace.utils import available_cores, epoch_metrics, ifnone
 
@@ -72,6 +73,7 @@ def train(
         seed=config.seed,
         config=settings,
         progress=progress,
+        extra=feedback_digits(settings) if config.with_feedback else None,
     )
     t0 = time.perf_counter()
     dm.prepare_data()

@@ -69,6 +69,9 @@ class TrainConfig(BaseModel):
     seed: Int = Field(42, ge=0, description="seeds the split, the initial weights and the shuffling")
     num_train: Int = Field(55_000, ge=1, le=TRAIN_SIZE, description="training images")
     num_val: Int = Field(5_000, ge=1, le=TRAIN_SIZE, description="validation images")
+    with_feedback: bool = Field(
+        False, description="add the prediction log's feedback-labelled inputs to the training split"
+    )
 
     @field_validator("hidden_dims", mode="before")
     @classmethod

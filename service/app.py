@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import bentoml
@@ -25,9 +26,12 @@ from starlette.responses import JSONResponse, Response
 from mindtrace.images import ImageLimits, ImageRejected
 from mindtrace.jobs import JobState, JobStore
 from mindtrace.monitoring import MonitoringSettings, PredictionLog, Retention
+from mindtrace.monitoring.store import log_path
+from mindtrace.monitoring.trigger import RetrainPolicy
 from mindtrace.predict import batch_pixels, digit_pixels
 from mindtrace.registry.errors import RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent
+from mindtrace.train_config import TrainRequest
 from service import control, logs, metrics
 from service.batching import NotServing, Overloaded, Predictor
 from service.deadline import Bounded
@@ -83,7 +87,7 @@ class Mindtrace:
             SETTINGS.getint("BATCH_MAX_REQUESTS"), SETTINGS.getint("BATCH_MAX_LATENCY_MS")
         )
         self._registry: Registry | None = None
-        self.recorder, self.monitor = _monitoring(self.predictor)
+        self.recorder, self.monitor = _monitoring(self.predictor, self.retrain)
         self.recorder.start()
         # Worker 1 follows the champion in the registry; the others follow it through worker 1 (watcher.py).
         leader = bentoml.server_context.worker_index in (None, 1)
@@ -217,16 +221,23 @@ class Mindtrace:
             "worker_pid": os.getpid(),
         }
 
+    def retrain(self, request: TrainRequest, trigger: str = "api") -> JobState:
+        """Start a retraining job (``JobConflict`` while one runs); the watcher follows its promotion."""
+        return self.jobs.submit(request, self.job_finished, trigger=trigger)
+
     def job_finished(self, state: JobState) -> None:
         metrics.job_finished(state.status)
         if state.promoted:
             self.watcher.wake()
 
 
-def _monitoring(predictor: Predictor) -> tuple[Recorder, Monitor]:
-    """The worker's recorder (prediction ids, batched log writes) and monitor (feedback, reports)."""
+def _monitoring(
+    predictor: Predictor, retrain: Callable[[TrainRequest, str], JobState]
+) -> tuple[Recorder, Monitor]:
+    """The worker's recorder (prediction ids, batched log writes) and monitor (feedback, reports, the
+    retraining policy)."""
     section = settings["MONITORING"]
-    store = PredictionLog(settings["DIR_PATHS"].getpath("MONITORING") / "predictions.db")
+    store = PredictionLog(log_path(settings))
     retention = Retention(section.getfloat("MAX_AGE_HOURS") * 3600, section.getint("MAX_ROWS"))
     recorder = Recorder(
         store,
@@ -236,7 +247,11 @@ def _monitoring(predictor: Predictor) -> tuple[Recorder, Monitor]:
         retention=retention,
     )
     model = settings["MLFLOW"]["REGISTERED_MODEL"]
-    return recorder, Monitor(store, recorder, predictor, MonitoringSettings.from_config(settings), model)
+    policy = RetrainPolicy.from_config(settings)
+    monitor = Monitor(
+        store, recorder, predictor, MonitoringSettings.from_config(settings), model, policy, retrain
+    )
+    return recorder, monitor
 
 
 Mindtrace.mount_asgi_app(control.app, path="/")

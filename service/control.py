@@ -138,7 +138,7 @@ async def retrain(request: Request) -> JSONResponse:
         return error_response(422, str(exc))
     svc = _service()
     try:
-        job = await run_in_threadpool(svc.jobs.submit, train_request, svc.job_finished)
+        job = await run_in_threadpool(svc.retrain, train_request)
     except JobConflict as exc:
         return error_response(409, f"{exc}; follow it at /jobs/{exc.job.id}", job_id=exc.job.id)
     return JSONResponse({"job_id": job.id, "status": job.status}, status_code=202)

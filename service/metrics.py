@@ -31,6 +31,10 @@ SWAPS = bentoml.metrics.Counter(
 JOBS = bentoml.metrics.Counter(
     name="mindtrace_retrain_jobs", documentation="Finished retraining jobs by outcome", labelnames=["outcome"]
 )
+TRIGGERED = bentoml.metrics.Counter(
+    name="mindtrace_retrain_triggered",
+    documentation="Retraining jobs started by monitoring ([MONITORING] RETRAIN_ON)",
+)
 FEEDBACK = bentoml.metrics.Counter(
     name="mindtrace_feedback", documentation="Feedback labels accepted (POST /feedback)"
 )
@@ -85,6 +89,10 @@ def swap_failed() -> None:
 
 def job_finished(status: str) -> None:
     JOBS.labels(outcome=status).inc()
+
+
+def retrain_triggered() -> None:
+    TRIGGERED.inc()
 
 
 def feedback_accepted(n: int) -> None:

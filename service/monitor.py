@@ -17,6 +17,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import bentoml
@@ -24,8 +25,17 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from mindtrace.monitoring import MonitoringSettings, PredictionLog, Reference, VersionReport, version_report
+from mindtrace.jobs import JobConflict, JobState
+from mindtrace.monitoring import (
+    MonitoringReport,
+    MonitoringSettings,
+    PredictionLog,
+    Reference,
+    version_report,
+)
 from mindtrace.monitoring.store import FeedbackResult
+from mindtrace.monitoring.trigger import RetrainPolicy
+from mindtrace.train_config import TrainRequest
 from service import metrics
 from service.batching import Predictor
 from service.errors import error_response
@@ -61,11 +71,6 @@ class FeedbackAccepted(BaseModel):
     replaced: list[str] = Field(description="prediction ids that had a label, which this one replaced")
 
 
-class MonitoringReport(BaseModel):
-    model: str
-    versions: list[VersionReport]
-
-
 class Monitor:
     """Feedback and reports for the versions this worker serves; see the module docstring."""
 
@@ -76,12 +81,16 @@ class Monitor:
         predictor: Predictor,
         settings: MonitoringSettings,
         model: str,
+        policy: RetrainPolicy | None = None,
+        retrain: Callable[[TrainRequest, str], JobState] | None = None,
     ):
         self.store = store
         self.recorder = recorder
         self.predictor = predictor
         self.settings = settings
         self.model = model
+        self.policy = policy or RetrainPolicy()
+        self.retrain = retrain  # submits a job: (request, why) -> its state
         self._references: dict[str, Reference | None] = {}
         self._published: set[str] = set()  # versions whose gauges this worker has set
         self._froze_scipy = False
@@ -123,17 +132,39 @@ class Monitor:
         return result
 
     def start_refresh(self, interval: float) -> None:
-        """Recompute the gauges every ``interval`` seconds in a background thread (the leader worker)."""
+        """Recompute the gauges every ``interval`` seconds in a background thread, and apply the retraining
+        policy to what they say (the leader worker)."""
 
         def loop() -> None:
             while True:
                 time.sleep(interval)
                 try:
-                    self.report()
+                    self.maybe_retrain(self.report())
                 except Exception:  # noqa: BLE001 - the next round tries again
                     log.exception("refreshing the monitoring gauges failed")
 
         threading.Thread(target=loop, name="monitoring-refresh", daemon=True).start()
+
+    def maybe_retrain(self, report: MonitoringReport) -> JobState | None:
+        """Start the retraining job a served version has earned (``RetrainPolicy``), once per version."""
+        if self.policy.on == "off" or self.retrain is None:
+            return None
+        for version in report.versions:
+            why = self.policy.reason(version)
+            if why is None or not self.store.claim_trigger(self.model, version.version, why):
+                continue  # nothing wrong, or this version's job was started already
+            try:
+                job = self.retrain(self.policy.request(), f"monitoring: {why}")
+            except JobConflict:
+                self.store.release_trigger(self.model, version.version)  # tried again once that job ends
+                return None
+            except Exception:
+                self.store.release_trigger(self.model, version.version)
+                raise
+            metrics.retrain_triggered()
+            log.warning("started retraining job %s: %s", job.id, why)
+            return job
+        return None
 
     def _stored_reference(self, version: str) -> Reference | None:
         """The reference of a version this worker does not serve, from its BentoML store entry."""

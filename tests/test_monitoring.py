@@ -8,10 +8,12 @@ well below 1 and worth measuring), flushes its log every 0.2 s and keeps at most
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ import requests
 
 from mindtrace.data.digits import mnist_test_digits
 from mindtrace.utils import ascii_to_pil, pil_to_ascii
-from tests.helpers import served, service_env, train, wait_for
+from tests.helpers import BIN, served, service_env, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -158,6 +160,22 @@ def test_drift_is_not_flagged_on_test_digits_and_is_on_rotated_ones_and_metrics_
     assert _metric(metrics, "mindtrace_live_accuracy_labelled") == accuracy["labelled"]
 
 
+def test_mindtrace_monitor_prints_what_the_service_reports(service, tmp_path):
+    def monitor(*options: str) -> subprocess.CompletedProcess:
+        command = [str(BIN / "mindtrace"), "monitor", "--url", service.url, *options]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    printed = json.loads(monitor("--json").stdout)
+    assert printed == service.monitoring()  # no traffic in between: the same report
+    png = tmp_path / "drift.png"
+    table = monitor("--png", str(png))
+    assert table.returncode == 0 and "DETECTED" in table.stdout and "monitoring of mnist-mlp" in table.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gone = subprocess.run([str(BIN / "mindtrace"), "monitor", "--url", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert gone.returncode == 1 and "cannot reach the service" in gone.stdout
+
+
 def test_a_worker_killed_mid_write_loses_at_most_its_unflushed_batch_and_corrupts_nothing(service):
     """Eight clients send small batches; one worker is SIGKILLed. Every id answered more than a flush
     interval (plus slack) before the kill is in the log, and the file passes SQLite's integrity check."""
@@ -213,3 +231,51 @@ def test_retention_keeps_the_newest_rows(service):
     with service.database() as db:
         newest = db.execute("SELECT max(at) FROM predictions").fetchone()[0]
     assert time.time() - newest < 30
+
+
+def test_drift_starts_one_retraining_job_with_the_feedback_digits(tmp_path, real_mnist_dir):
+    """[MONITORING] RETRAIN_ON = drift: rotated digits start one job (not one per refresh or request), which
+    trains with the 200 feedback-labelled digits added and records why it was started."""
+    small = tmp_path / "retrain.json"
+    small.write_text(json.dumps({"epochs": 1, "num_train": 3000, "hidden_dims": [32], "policy": "always"}))
+    env = service_env(
+        tmp_path / "home", real_mnist_dir.parent, tmp_path / "bentoml",
+        MINDTRACE__SERVICE__WORKERS="1",
+        MINDTRACE__MONITORING__FLUSH_SECONDS="0.2",
+        MINDTRACE__MONITORING__REFRESH_SECONDS="1",
+        MINDTRACE__MONITORING__WINDOW="300",
+        MINDTRACE__MONITORING__RETRAIN_ON="drift",
+        MINDTRACE__MONITORING__RETRAIN_CONFIG=str(small),
+    )  # fmt: skip
+    train(env, tmp_path, "--policy", "always")
+    digits = mnist_test_digits(10_000, real_mnist_dir)
+    chosen = np.random.default_rng(11).choice(len(digits), 300, replace=False)
+    texts = [digits.texts[i] for i in chosen]
+    with served(env, tmp_path / "serve.log") as (url, _):
+        answer = requests.post(url + "/inference/batch", json={"images": texts[:200]}, timeout=60).json()
+        items = [{"prediction_id": p["prediction_id"], "label": int(digits.labels[i])}
+                 for p, i in zip(answer["predictions"], chosen[:200], strict=True)]  # fmt: skip
+        assert requests.post(url + "/feedback", json={"items": items}, timeout=30).status_code == 202
+        time.sleep(3)  # refreshes on unshifted digits: no job
+        assert requests.get(url + "/jobs", timeout=30).json() == []
+
+        rotated = [pil_to_ascii(ascii_to_pil(t).rotate(90)) for t in texts]
+        for _ in range(5):  # five refresh intervals of drifted traffic
+            requests.post(url + "/inference/batch", json={"images": rotated}, timeout=60)
+            time.sleep(1)
+        jobs = requests.get(url + "/jobs", timeout=30).json()
+        assert len(jobs) == 1, jobs
+        job = jobs[0]
+        assert job["trigger"].startswith("monitoring: drift detected on version 1"), job["trigger"]
+        assert job["request"]["with_feedback"] is True
+
+        def finished() -> dict | None:
+            state = requests.get(f"{url}/jobs/{job['id']}", timeout=30).json()
+            return state if state["status"] in ("succeeded", "failed") else None
+
+        state = wait_for(finished, 300, "the triggered job to finish")
+        assert state["status"] == "succeeded", state["error"]
+        version = requests.get(f"{url}/registry/models/mnist-mlp/versions/{state['registered_version']}",
+                               timeout=30).json()  # fmt: skip
+        assert version["params"]["data.extra_digits"] == "200"
+        assert len(requests.get(url + "/jobs", timeout=30).json()) == 1

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from mindtrace.cli import monitor as monitor_command
 from mindtrace.cli import registry as registry_commands
 from mindtrace.cli.output import console, key_value_table, table
 from mindtrace.config import Config
@@ -28,6 +29,10 @@ def _add_options(parser: argparse._ActionsContainer, model: type[BaseModel]) -> 
     """One option per field of a pydantic model, so the CLI can never drift from the config it fills."""
     for name, info in model.model_fields.items():
         annotation = info.annotation
+        if annotation is bool:
+            flag = f"--{name.replace('_', '-')}"
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=info.description)
+            continue
         is_list = typing.get_origin(annotation) is list
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
         kind = typing.get_args(annotation)[0] if is_list else annotation
@@ -168,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     registry_commands.add_commands(commands)
+    monitor_command.add_command(commands)
 
     p = commands.add_parser("data", help="the MNIST cache")
     data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

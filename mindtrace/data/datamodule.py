@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
@@ -42,6 +44,9 @@ class MNIST(pl.LightningDataModule):
         local_dir: a folder of IDX files to use as the ``local`` source.
         config: settings (sources, mirrors, checksums); default ``Config()``.
         progress: show progress while fetching.
+        extra: more training digits, uint8 pixels ``[n, 28, 28]`` and labels ``[n]`` (the prediction log's
+            feedback-labelled inputs), added to the training split; their count and digest join the
+            fingerprint.
 
     >>> dm = MNIST(num_train=1000, num_val=200)      # doctest: +SKIP
     >>> dm.prepare_data(); dm.setup()                # doctest: +SKIP
@@ -59,6 +64,7 @@ class MNIST(pl.LightningDataModule):
         local_dir: str | Path | None = None,
         config: Config | None = None,
         progress: bool = True,
+        extra: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -79,8 +85,15 @@ class MNIST(pl.LightningDataModule):
         self.num_workers = ifnone(num_workers, 0)
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
         self.progress = progress
+        self.extra = extra
         self.save_hyperparameters(
-            {"batch_size": batch_size, "num_train": num_train, "num_val": num_val, "seed": seed}
+            {
+                "batch_size": batch_size,
+                "num_train": num_train,
+                "num_val": num_val,
+                "seed": seed,
+                "extra_digits": 0 if extra is None else len(extra[1]),
+            }
         )
         self.provenance: dict[str, Any] = {}
         self._pixels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -107,6 +120,10 @@ class MNIST(pl.LightningDataModule):
         }
         for stage_name, idx in self.split_indices.items():
             self._pixels[stage_name] = (train_x[idx], train_y[idx].long())
+        if self.extra is not None and len(self.extra[1]):
+            x, y = self._pixels["train"]
+            extra_x, extra_y = (torch.from_numpy(np.ascontiguousarray(a)) for a in self.extra)
+            self._pixels["train"] = (torch.cat([x, extra_x]), torch.cat([y, extra_y.long()]))
         self._pixels["test"] = (test_x, test_y.long())
         # Normalized once, for the whole set: the training loop only slices.
         self._inputs = {k: (normalize(x).unsqueeze(1), y) for k, (x, y) in self._pixels.items()}
@@ -153,4 +170,13 @@ class MNIST(pl.LightningDataModule):
             "num_val": self.num_val,
             "num_test": 10_000,
             "seed": self.seed,
+            **({} if self.extra is None else {"extra": _digest(self.extra)}),
         }
+
+
+def _digest(extra: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """How many extra digits, and a sha256 of their pixels and labels: part of the data's identity."""
+    pixels, labels = extra
+    h = hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return {"digits": int(len(labels)), "sha256": h.hexdigest()}

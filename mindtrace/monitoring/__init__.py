@@ -2,17 +2,19 @@
 
 - ``store``: the prediction log (SQLite under ``MINDTRACE_HOME/monitoring``) with its feedback labels;
 - ``drift``: a version's reference outputs and the shift detector;
-- ``report``: one version's live accuracy, histogram and drift verdict, as every surface shows them.
+- ``report``: one version's live accuracy, histogram and drift verdict, as every surface shows them;
+- ``plot``: the reference and live histograms as a PNG (``mindtrace monitor --png``; not for serving).
 
 No PyTorch here (the service imports this package); SciPy is loaded when a drift verdict is first computed.
 """
 
 from mindtrace.monitoring.drift import DriftVerdict, Reference, detect
-from mindtrace.monitoring.report import MonitoringSettings, VersionReport, version_report
+from mindtrace.monitoring.report import MonitoringReport, MonitoringSettings, VersionReport, version_report
 from mindtrace.monitoring.store import PredictionLog, Record, Retention
 
 __all__ = [
     "DriftVerdict",
+    "MonitoringReport",
     "MonitoringSettings",
     "PredictionLog",
     "Record",

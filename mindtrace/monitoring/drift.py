@@ -69,7 +69,7 @@ class Reference:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 probs = npz["probabilities"]
                 meta = json.loads(npz["meta"].tobytes())
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, EOFError, KeyError, ValueError) as exc:
             raise ValueError(f"not a drift reference: {exc}") from None
         if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES or not len(probs):
             raise ValueError(f"not a drift reference: probabilities of shape {probs.shape}")

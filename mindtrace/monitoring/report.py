@@ -73,6 +73,13 @@ class VersionReport(BaseModel):
     drift: DriftVerdict
 
 
+class MonitoringReport(BaseModel):
+    """GET /monitoring: the model, and one report per version asked about (by default, those served)."""
+
+    model: str
+    versions: list[VersionReport]
+
+
 def wilson(correct: int, n: int, z: float = Z_95) -> tuple[float, float]:
     """The Wilson score interval of a proportion: sound at 0, at 1 and for small ``n``.
 
@@ -82,7 +89,10 @@ def wilson(correct: int, n: int, z: float = Z_95) -> tuple[float, float]:
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and n the interval ends exactly at 0 and 1; the formula's rounding would leave 1 - 1e-16.
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return low, high
 
 
 def live_accuracy(predicted: np.ndarray, truth: np.ndarray, window: int) -> LiveAccuracy:

@@ -27,8 +27,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mindtrace.config import Config
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -46,11 +50,36 @@ CREATE INDEX IF NOT EXISTS predictions_by_version ON predictions (model, version
 CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (at);
 CREATE INDEX IF NOT EXISTS labelled_by_version ON predictions (model, version, truth_at)
     WHERE truth IS NOT NULL;
+CREATE TABLE IF NOT EXISTS retrain_triggers (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (model, version)
+);
 """
 # A writer waits this long for another process's transaction before it gives up on a batch.
 BUSY_TIMEOUT_MS = 10_000
 # SQLite's limit on parameters in one statement is 32,766 (since 3.32); stay well below it.
 _IN_CHUNK = 900
+
+
+def log_path(config: Config) -> Path:
+    """Where the embedded prediction log lives: ``[DIR_PATHS] MONITORING/predictions.db``.
+
+    >>> from mindtrace.config import Config
+    >>> str(log_path(Config(env={"MINDTRACE_HOME": "/srv/mt"})))
+    '/srv/mt/monitoring/predictions.db'
+    """
+    return config["DIR_PATHS"].getpath("MONITORING") / "predictions.db"
+
+
+def feedback_digits(config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Every logged input with a feedback label, as training digits: pixels [n, 28, 28] and labels [n]."""
+    path = log_path(config)
+    if not path.exists():
+        return np.empty((0, 28, 28), np.uint8), np.empty(0, np.int64)
+    return PredictionLog(path).labelled_inputs()
 
 
 @dataclass(frozen=True)
@@ -164,6 +193,23 @@ class PredictionLog:
                 if edge is not None:
                     deleted += db.execute("DELETE FROM predictions WHERE at <= ?", edge).rowcount
         return deleted
+
+    def claim_trigger(self, model: str, version: str, reason: str) -> bool:
+        """Record that ``version`` earned its retraining job; False when it already had (atomic, so two
+        workers or replicas never both start one)."""
+        with self._connect() as db:
+            return (
+                db.execute(
+                    "INSERT OR IGNORE INTO retrain_triggers (model, version, reason, at) VALUES (?, ?, ?, ?)",
+                    (model, version, reason, time.time()),
+                ).rowcount
+                == 1
+            )
+
+    def release_trigger(self, model: str, version: str) -> None:
+        """Undo a claim whose job could not start, so that a later check tries again."""
+        with self._connect() as db:
+            db.execute("DELETE FROM retrain_triggers WHERE model = ? AND version = ?", (model, version))
 
     # --- reads ----------------------------------------------------------------------------------------------
 

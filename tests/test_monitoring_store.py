@@ -1,0 +1,174 @@
+"""The monitoring library without a service: the SQLite prediction log (feedback, retention, writers in
+several processes at once), the drift reference and detector, the accuracy interval, the retraining policy,
+and the recorder's ids and bounded queue."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mindtrace.monitoring import MonitoringSettings, PredictionLog, Record, Reference, Retention, detect
+from mindtrace.monitoring.drift import DriftVerdict
+from mindtrace.monitoring.report import LiveAccuracy, VersionReport, version_report, wilson
+from mindtrace.monitoring.trigger import RetrainPolicy
+from service.recorder import Recorder, new_ids
+
+RNG = np.random.default_rng(3)
+
+
+def _records(n: int, version: str = "1", at: float = 1000.0, prefix: str = "p") -> list[Record]:
+    probs = RNG.dirichlet(np.ones(10), n).astype(np.float32)
+    pixels = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    return [Record(f"{prefix}{i}", at + i, "m", version, probs[i], pixels[i]) for i in range(n)]
+
+
+def test_rows_read_back_as_written(tmp_path):
+    log = PredictionLog(tmp_path / "p.db")
+    records = _records(50)
+    log.write(records)
+    probs, pixels = log.recent("m", "1", 10)
+    assert np.array_equal(probs, np.stack([r.probabilities for r in records[::-1][:10]]))
+    assert np.array_equal(pixels, np.stack([r.pixels for r in records[::-1][:10]]))
+    assert log.count("m", "1") == (50, 0) and log.versions("m") == ["1"]
+    log.write(records[:5])  # a retried batch: ids are unique, nothing doubles
+    assert log.count("m", "1") == (50, 0)
+
+
+def test_feedback_is_all_or_nothing_and_a_second_label_replaces_the_first(tmp_path):
+    log = PredictionLog(tmp_path / "p.db")
+    log.write(_records(10))
+    result = log.add_feedback({"p1": 3, "nope": 4})
+    assert result.unknown == ["nope"] and result.accepted == 0
+    assert log.count("m", "1") == (10, 0)  # p1 was not labelled either
+    assert log.add_feedback({"p1": 3, "p2": 5}).replaced == []
+    again = log.add_feedback({"p1": 4})
+    assert again.accepted == 1 and again.replaced == ["p1"]
+    predicted, truth = log.labelled("m", "1", 100)
+    assert sorted(truth.tolist()) == [4, 5] and len(predicted) == 2
+    pixels, labels = log.labelled_inputs()
+    assert pixels.shape == (2, 28, 28) and sorted(labels.tolist()) == [4, 5]
+
+
+def test_retention_by_age_then_by_count(tmp_path):
+    log = PredictionLog(tmp_path / "p.db")
+    log.write(_records(100, at=1000.0))
+    assert log.apply_retention(Retention(max_age_seconds=50, max_rows=0), now=1100.0) == 50  # at < 1050
+    assert log.count("m", "1")[0] == 50
+    log.apply_retention(Retention(max_age_seconds=0, max_rows=20), now=1100.0)
+    probs, _ = log.recent("m", "1", 1000)
+    assert len(probs) == 20
+    with sqlite3.connect(tmp_path / "p.db") as db:
+        assert db.execute("SELECT min(at) FROM predictions").fetchone()[0] == 1080.0  # the newest 20 stay
+
+
+def _writer(path: str, prefix: str) -> None:
+    log = PredictionLog(path)
+    for batch in range(20):
+        log.write(_records(200, prefix=f"{prefix}-{batch}-"))
+
+
+def test_writers_in_several_processes_lose_nothing(tmp_path):
+    path = str(tmp_path / "p.db")
+    PredictionLog(path)
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_writer, args=(path, f"w{k}")) for k in range(3)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0, 0]
+    assert PredictionLog(path).count("m", "1")[0] == 3 * 20 * 200
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_the_retraining_claim_is_taken_once(tmp_path):
+    log = PredictionLog(tmp_path / "p.db")
+    assert log.claim_trigger("m", "1", "drift")
+    assert not log.claim_trigger("m", "1", "drift again")
+    log.release_trigger("m", "1")
+    assert log.claim_trigger("m", "1", "drift")
+
+
+def test_a_reference_round_trips_and_refuses_what_is_not_one():
+    reference = Reference(RNG.dirichlet(np.ones(10), 500).astype(np.float32), "a test set")
+    back = Reference.from_bytes(reference.to_bytes())
+    assert np.array_equal(back.probabilities, reference.probabilities) and back.description == "a test set"
+    assert back.histogram.sum() == 500
+    for bad in (b"", b"not a zip", Reference(np.ones((3, 4), np.float32), "x").to_bytes()):
+        with pytest.raises(ValueError, match="not a drift reference"):
+            Reference.from_bytes(bad)
+
+
+def test_the_detector_holds_its_level_and_sees_a_label_shift():
+    reference = Reference(RNG.dirichlet(np.ones(10), 10_000).astype(np.float32), "r")
+    same = [detect(reference, RNG.dirichlet(np.ones(10), 500)).detected for _ in range(60)]
+    assert sum(same) <= 6  # alpha 0.05: about 3 expected; Bonferroni makes it fewer
+    # Label shift only: the same kind of outputs, but digit 0 never predicted.
+    shifted = reference.probabilities[reference.probabilities.argmax(1) != 0][:500]
+    verdict = detect(reference, shifted)
+    assert verdict.detected and verdict.chi2_p_value < 1e-6
+    small = detect(reference, shifted[:20], min_window=100)
+    assert not small.detected and small.p_value is None and "at least 100" in small.note
+
+
+def test_live_accuracy_and_its_interval():
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    low, high = wilson(90, 100)
+    assert low < 0.9 < high and high - low < 0.13
+    log_dir = Path(__import__("tempfile").mkdtemp())
+    log = PredictionLog(log_dir / "p.db")
+    records = _records(200)
+    log.write(records)
+    truth = {r.id: int(r.probabilities.argmax()) if i % 4 else (int(r.probabilities.argmax()) + 1) % 10
+             for i, r in enumerate(records)}  # fmt: skip
+    log.add_feedback(truth)
+    reference = Reference(RNG.dirichlet(np.ones(10), 2000).astype(np.float32), "r")
+    report = version_report(log, "m", "1", reference, MonitoringSettings(window=200, accuracy_window=100))
+    assert (
+        report.live_accuracy.value == pytest.approx(0.75, abs=0.05) and report.live_accuracy.labelled == 100
+    )
+    assert report.requests == 200 and report.feedback == 200 and sum(report.label_histogram) == 200
+
+
+def _version(detected: bool, accuracy: float | None, labelled: int) -> VersionReport:
+    drift = DriftVerdict(detected=detected, p_value=1e-9 if detected else 0.5, window=1000, reference="r",
+                         alpha=0.05)  # fmt: skip
+    live = LiveAccuracy(value=accuracy, low=None, high=None, labelled=labelled, window=1000)
+    return VersionReport(model="m", version="3", served=True, requests=1000, feedback=labelled,
+                         live_accuracy=live, label_histogram=[0] * 10, reference_histogram=None,
+                         drift=drift)  # fmt: skip
+
+
+def test_the_retraining_policy(tmp_path):
+    assert RetrainPolicy().reason(_version(True, 0.1, 1000)) is None  # off
+    drift = RetrainPolicy(on="drift")
+    assert "drift detected on version 3" in drift.reason(_version(True, None, 0))
+    assert drift.reason(_version(False, 0.1, 1000)) is None
+    accuracy = RetrainPolicy(on="accuracy", below_accuracy=0.9, min_labels=100)
+    assert accuracy.reason(_version(False, 0.8, 99)) is None  # too few labels to judge
+    assert "live accuracy 0.800 below 0.9" in accuracy.reason(_version(False, 0.8, 100))
+    assert RetrainPolicy(on="any").reason(_version(True, 0.95, 100)) is not None
+    config = tmp_path / "small.json"
+    config.write_text('{"epochs": 1, "num_train": 3000}')
+    request = RetrainPolicy(on="drift", config_file=config).request()
+    assert request.epochs == 1 and request.with_feedback
+
+
+def test_the_recorder_bounds_its_queue_and_writes_in_one_flush(tmp_path):
+    assert len(set(new_ids(1000))) == 1000
+    log = PredictionLog(tmp_path / "p.db")
+    recorder = Recorder(log, sample=1.0, flush_seconds=60, max_pending=100)
+    probs = RNG.dirichlet(np.ones(10), 64).astype(np.float32)
+    pixels = np.zeros((64, 28, 28), np.uint8)
+    first = recorder.record(pixels, probs, "m", "1")
+    second = recorder.record(pixels, probs, "m", "1")  # 128 > 100: not logged, still answered with ids
+    assert len(first) == len(second) == 64
+    assert recorder.flush() == 64 and log.count("m", "1")[0] == 64
+    assert recorder.record(pixels, probs, "m", "1") and recorder.flush() == 64  # room again
+    unsampled = Recorder(log, sample=0.0, flush_seconds=60, max_pending=100)
+    assert len(unsampled.record(pixels, probs, "m", "2")) == 64 and unsampled.flush() == 0
