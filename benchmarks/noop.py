@@ -18,7 +18,7 @@ from service.guard import Guard
 from service.schemas import MAX_BATCH, BatchResponse, InferenceResponse, ModelRef, Prediction
 from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, settle_the_collector
 
-FIXED = Prediction(label=0, probabilities=[1.0] + [0.0] * 9)
+FIXED = Prediction(label=0, probabilities=[1.0] + [0.0] * 9, prediction_id="0" * 16)
 MODEL = ModelRef(name="noop", version="0")
 
 

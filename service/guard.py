@@ -24,8 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import new_request_id, unexpected
 
-# Feedback comes from the clients that asked for the predictions, so their token guards it too.
-INFERENCE_PATHS = ("/inference", "/inference/batch", "/feedback")
+INFERENCE_PATHS = ("/inference", "/inference/batch")
 # 5xx answers the service gives on purpose, each with its own message: no model or no registry (503), a
 # request past its time (504). Any other 5xx is a failure, answered with a request id only.
 KNOWN_5XX = (503, 504)
@@ -151,6 +150,8 @@ def guarded_by(method: str, path: str) -> str | None:
     ('inference', None)
     """
     if path in INFERENCE_PATHS or (method == "POST" and path.startswith("/v2/") and path.endswith("/infer")):
+        return "inference"
+    if method == "POST" and path == "/feedback":  # from the clients that asked for the predictions
         return "inference"
     if method == "POST" and (path == "/retrain" or path.startswith("/registry/")):
         return "api"

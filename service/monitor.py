@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import bentoml
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -232,6 +232,7 @@ async def feedback(body: FeedbackItem | FeedbackBatch) -> Any:
     responses={422: {"model": ErrorBody, "description": "invalid parameters; the message names the field"}},
 )
 def monitoring(
+    request: Request,
     version: Annotated[
         str | None,
         Query(min_length=1, max_length=64, description="one version, served or not (default: the served)"),
@@ -239,5 +240,8 @@ def monitoring(
     window: Annotated[
         int | None, Query(ge=2, le=100_000, description="predictions in the drift window (default: config)")
     ] = None,
-) -> MonitoringReport:
+) -> Any:
+    unknown = sorted(set(request.query_params) - {"version", "window"})
+    if unknown:  # a misspelt parameter ("windows") would otherwise be ignored without a word
+        return error_response(422, f"unknown query parameter(s) {', '.join(unknown)}: use version and window")
     return _service().monitor.report(version, window)

@@ -105,6 +105,8 @@ def detect(
     """Compare live probabilities ``[n, 10]`` with ``reference``; no verdict below ``min_window``.
 
     SciPy is imported here, on first use: a serving worker that never computes a verdict never loads it.
+    The KS p-values are asymptotic: SciPy's exact method (its choice up to 10,000 samples) took up to 300 ms
+    per class on a drifted window, the asymptotic one 2-3 ms, agreeing to about three digits.
     """
     n = len(live)
     common = {"window": n, "reference": reference.description, "alpha": alpha}
