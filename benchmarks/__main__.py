@@ -1,6 +1,8 @@
-"""The benchmark commands: ``python -m benchmarks serve|train|formats`` (also ``mindtrace bench ...``).
+"""The benchmark commands: ``python -m benchmarks serve|train|formats|drift|predlog`` (also
+``mindtrace bench ...``).
 
 >>> main(["serve", "--out", "benchmarks/results", "--markdown", "BENCHMARKS.md"])   # doctest: +SKIP
+>>> main(["drift", "--out", "benchmarks/results"])   # doctest: +SKIP
 >>> main(["serve", "--servers", "mindtrace", "fastapi", "--soak-seconds", "0"])   # doctest: +SKIP
 """
 
@@ -12,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.drift import FASHION_DIR, FASHION_IMAGES
+from benchmarks.predlog import PREDLOG_FORMATS
 from benchmarks.servers import SERVERS
 from mindtrace.cli.main import add_train_options, quiet_output, train_config_from_args
 from mindtrace.cli.output import console
@@ -63,6 +67,48 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=0, help="worker processes per server (default: one a core)")
     add_train_options(b)
     b.set_defaults(func=cmd_serve)
+
+    b = commands.add_parser(
+        "drift",
+        help="the drift detector: detection rate per input shift and window size, false positives",
+        description=(
+            "Trains a model (the training options below; --epochs defaults to 2 here) with checkpoints in a "
+            "temporary folder, builds its drift reference on the MNIST test set and feeds the detector "
+            "windows of held-out digits, shifted and unshifted. Writes OUT/drift.json and OUT/drift.png."
+        ),
+    )
+    b.add_argument("--out", default="bench-out/drift", help="folder for drift.json and drift.png")
+    b.add_argument("--windows", type=int, nargs="+", default=[100, 500, 1000], help="window sizes")
+    b.add_argument("--trials", type=int, default=20, help="random windows per shift and window size")
+    b.add_argument(
+        "--null-trials", type=int, default=200, help="random windows per window size of the unshifted pools"
+    )
+    b.add_argument("--alpha", type=float, default=0.05, help="the detector's significance level")
+    b.add_argument("--knock-out", type=int, default=0, help="the digit the label-shift pool leaves out")
+    b.add_argument(
+        "--fashion-dir", default=str(FASHION_DIR), help=f"folder holding Fashion-MNIST's {FASHION_IMAGES}"
+    )
+    add_train_options(b)
+    b.set_defaults(func=cmd_drift)
+
+    b = commands.add_parser(
+        "predlog",
+        help="the prediction log's format: SQLite beside Parquet, with concurrent writer processes",
+        description=(
+            "Each format gets the same rows from --writers processes writing batches at once, then is read "
+            "(the newest rows of one version) and given feedback labels. Writes OUT/predlog.json."
+        ),
+    )
+    b.add_argument("--out", default="bench-out/predlog", help="folder for predlog.json")
+    b.add_argument("--work", default=None, help="folder for the files written (default: a temporary one)")
+    b.add_argument("--rows", type=int, default=200_000, help="rows written in all, per format")
+    b.add_argument("--writers", type=int, default=2, help="concurrent writer processes")
+    b.add_argument("--batch", type=int, default=1000, help="rows per flush (one transaction or file)")
+    b.add_argument("--read", type=int, default=1000, help="newest rows of one version read back")
+    b.add_argument("--feedback", type=int, default=1000, help="feedback labels applied by prediction id")
+    b.add_argument("--repeats", type=int, default=5, help="timed reads and feedback calls; the median counts")
+    b.add_argument("--formats", nargs="+", choices=PREDLOG_FORMATS, default=list(PREDLOG_FORMATS))
+    b.set_defaults(func=cmd_predlog)
     return parser
 
 
@@ -107,6 +153,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
     report = write_report(results, options.out, Path(args.markdown).resolve() if args.markdown else None)
     console.print(Markdown(targets_table(results)))
     console.print(f"results: {options.out / 'results.json'}; report: {report}", highlight=False)
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from benchmarks.drift import (
+        DEFAULT_EPOCHS,
+        DriftOptions,
+        results_table,
+        run_drift_benchmark,
+        write_results,
+    )
+
+    if args.epochs is None:  # the detector needs a working classifier, not the best one
+        args.epochs = DEFAULT_EPOCHS
+    config = train_config_from_args(args)
+    options = DriftOptions(
+        out=Path(args.out).resolve(),
+        windows=tuple(args.windows),
+        trials=args.trials,
+        null_trials=args.null_trials,
+        alpha=args.alpha,
+        knock_out=args.knock_out,
+        fashion_dir=Path(args.fashion_dir),
+        seed=config.seed,
+    )
+    command = f"{args.prog} drift {shlex.join(args.argv)}".strip()
+    results = run_drift_benchmark(options, config, command=command)
+    console.print(results_table(results))
+    json_path, chart = write_results(results, options.out)
+    console.print(
+        f"results: {json_path}; chart: {chart} ({results['seconds']['total']:.0f} s)", highlight=False
+    )
+    return 0
+
+
+def cmd_predlog(args: argparse.Namespace) -> int:
+    from benchmarks.predlog import PredlogOptions, results_table, run_predlog_benchmark, write_results
+
+    options = PredlogOptions(
+        rows=args.rows,
+        writers=args.writers,
+        batch=args.batch,
+        read=args.read,
+        feedback=args.feedback,
+        repeats=args.repeats,
+        formats=tuple(args.formats),
+    )
+    command = f"{args.prog} predlog {shlex.join(args.argv)}".strip()
+    results = run_predlog_benchmark(options, Path(args.work).resolve() if args.work else None, command)
+    console.print(results_table(results))
+    json_path = write_results(results, Path(args.out).resolve())
+    console.print(f"results: {json_path}", highlight=False)
     return 0
 
 
