@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.drift import FASHION_DIR, FASHION_IMAGES
 from benchmarks.predlog import PREDLOG_FORMATS
-from benchmarks.servers import SERVERS
+from benchmarks.servers import DEFAULT_SERVERS, SERVERS
 from mindtrace.cli.main import add_train_options, quiet_output, train_config_from_args
 from mindtrace.cli.output import console
 from mindtrace.utils import available_cores
@@ -49,7 +49,9 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out/serve", help="folder for results.json and the charts")
     b.add_argument("--work", default="bench-out/work", help="scratch home, model store, bodies and logs")
     b.add_argument("--markdown", default=None, help="write the report here (default: OUT/report.md)")
-    b.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS), help="servers to measure")
+    b.add_argument(
+        "--servers", nargs="+", choices=SERVERS, default=list(DEFAULT_SERVERS), help="servers to measure"
+    )
     b.add_argument(
         "--connections", type=int, nargs="+", default=[8, 32, 64], help="wrk connections per point"
     )

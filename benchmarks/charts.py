@@ -16,6 +16,7 @@ from benchmarks.servers import NOOP
 LABELS = {
     "mindtrace": "mindtrace (BentoML, adaptive batching)",
     "mindtrace-nobatch": "mindtrace, batching off",
+    "mindtrace-nolog": "mindtrace, prediction log off",
     "fastapi": "FastAPI + uvicorn",
     "mlflow": "mlflow models serve (pyfunc)",
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.charts import draw_charts, label
-from benchmarks.servers import NOOP
+from benchmarks.servers import NOOP, family
 from benchmarks.wrk import WRK_BOUND
 
 FLAG = "⚠"
@@ -258,9 +258,7 @@ def _table(
 
 def _cell(r: dict[str, Any], column: str, rows: list[dict[str, Any]]) -> str:
     if column == "of no-op":
-        noop = _find(
-            rows, r["server"].removesuffix(NOOP).replace("-nobatch", "") + NOOP, "single", r["connections"]
-        )
+        noop = _find(rows, family(r["server"].removesuffix(NOOP)) + NOOP, "single", r["connections"])
         return (
             f"{r['rps'] / noop['rps']:.0%}" if noop and noop["rps"] and not r["server"].endswith(NOOP) else ""
         )

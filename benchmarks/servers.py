@@ -1,11 +1,12 @@
 """The servers of a benchmark run and how each is started: this service, its rivals, and their no-op twins.
 
-- ``mindtrace``: ``bentoml serve service:svc``, adaptive batching on; ``mindtrace-nobatch``: the same with
-  ``MINDTRACE__SERVICE__BATCH_MAX_REQUESTS=1``;
+- ``mindtrace``: ``bentoml serve service:svc``, adaptive batching on; its variants, the same with one
+  setting changed (``VARIANTS``): ``mindtrace-nobatch``, batching off; ``mindtrace-nolog``, the prediction
+  log off (not in the default lineup: ``--servers mindtrace mindtrace-nolog`` measures what logging costs);
 - ``fastapi``: ``uvicorn benchmarks.rivals:fastapi_app --workers <n>``;
 - ``mlflow``: ``mlflow models serve`` of the pyfunc in ``benchmarks.pyfunc``;
 - the no-op twin of each (``benchmarks.noop:svc``, ``MINDTRACE_BENCH_NOOP=1``, ``PyfuncNoop``): the same
-  framework and settings doing no work, that server's ceiling. ``mindtrace-nobatch`` shares ``mindtrace``'s.
+  framework and settings doing no work, that server's ceiling. The variants share ``mindtrace``'s.
 
 Commands hold ``{port}``, filled in when the server starts.
 
@@ -19,7 +20,13 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVERS = ("mindtrace", "mindtrace-nobatch", "fastapi", "mlflow")
+# The variants of this service: the one setting each changes.
+VARIANTS = {
+    "mindtrace-nobatch": {"MINDTRACE__SERVICE__BATCH_MAX_REQUESTS": "1"},
+    "mindtrace-nolog": {"MINDTRACE__MONITORING__SAMPLE": "0"},
+}
+DEFAULT_SERVERS = ("mindtrace", "mindtrace-nobatch", "fastapi", "mlflow")
+SERVERS = (*DEFAULT_SERVERS, "mindtrace-nolog")
 NOOP = " no-op"
 
 
@@ -58,9 +65,7 @@ def server(key: str, noop: bool, bin_dir: Path, workers: int, model_tag: str, wo
         target = "benchmarks.noop:svc" if noop else "service:svc"
         command = [str(bin_dir / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", "{port}"]
         # Each service keeps its own jobs: the retraining run must not be picked up by its batch-off twin.
-        env = {"MINDTRACE__DIR_PATHS__JOBS": str(work / "jobs" / key)}
-        if key == "mindtrace-nobatch":
-            env["MINDTRACE__SERVICE__BATCH_MAX_REQUESTS"] = "1"
+        env = {"MINDTRACE__DIR_PATHS__JOBS": str(work / "jobs" / key), **VARIANTS.get(key, {})}
         return Server(name, command, env, "/readyz", "mindtrace")
     if key == "fastapi":
         command = [
@@ -79,9 +84,18 @@ def server(key: str, noop: bool, bin_dir: Path, workers: int, model_tag: str, wo
     raise ValueError(f"unknown server {key!r}; choose from {', '.join(SERVERS)}")
 
 
+def family(name: str) -> str:
+    """The server whose no-op twin ``name`` is compared with: a variant's is ``mindtrace``'s.
+
+    >>> family("mindtrace-nolog"), family("fastapi")
+    ('mindtrace', 'fastapi')
+    """
+    return "mindtrace" if name in VARIANTS else name
+
+
 def lineup(keys: tuple[str, ...], bin_dir: Path, workers: int, model_tag: str, work: Path) -> list[Server]:
-    """The servers ``keys``, then the no-op twin of each (``mindtrace-nobatch`` shares ``mindtrace``'s)."""
-    twins = dict.fromkeys("mindtrace" if key == "mindtrace-nobatch" else key for key in keys)
+    """The servers ``keys``, then the no-op twin of each (a variant shares ``mindtrace``'s)."""
+    twins = dict.fromkeys(family(key) for key in keys)
     return [
         *(server(key, False, bin_dir, workers, model_tag, work) for key in keys),
         *(server(key, True, bin_dir, workers, model_tag, work) for key in twins),
