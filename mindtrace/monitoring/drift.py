@@ -118,7 +118,10 @@ def detect(
     ks = min(
         1.0,
         NUM_CLASSES
-        * min(stats.ks_2samp(reference.probabilities[:, k], live[:, k]).pvalue for k in range(NUM_CLASSES)),
+        * min(
+            stats.ks_2samp(reference.probabilities[:, k], live[:, k], method="asymp").pvalue
+            for k in range(NUM_CLASSES)
+        ),
     )
     counts = np.stack([reference.histogram, np.bincount(live.argmax(axis=1), minlength=NUM_CLASSES)])
     counts = counts[:, counts.sum(axis=0) > 0]  # a label neither side predicted says nothing
