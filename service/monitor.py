@@ -53,7 +53,7 @@ class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prediction_id: str = Field(
-        min_length=1, max_length=64, examples=["3f9c2a7b1d0e4c58"], description="from the answer"
+        min_length=1, max_length=64, examples=["019ac9f3e2a47c1d9e5b20f4"], description="from the answer"
     )
     label: int = Field(ge=0, le=9, examples=[7], description="the digit the image really shows")
 

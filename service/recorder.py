@@ -6,8 +6,10 @@ nothing else. A writer thread turns the queue into rows and writes them in one S
 ``FLUSH_SECONDS`` (``mindtrace.monitoring.store``), and applies retention every 30 flushes. So a worker killed
 mid-write loses at most its unwritten batch, and the log is never half-written (a transaction is atomic).
 
-The queue holds arrays and strings, which the garbage collector does not track, so logging adds nothing
-for the collector to walk (DESIGN.md, "Garbage collection").
+A queued tuple holds the ids as one string, the model, the version and the two arrays: objects the garbage
+collector does not track (numpy arrays are not containers), so once the collector has seen such a tuple it
+stops tracking it, and logging adds nothing for full collections to walk (DESIGN.md, "Garbage
+collection"). A flush writes one row per version, its columns as blobs (``mindtrace.monitoring.store``).
 
 >>> recorder = Recorder(PredictionLog(path), 1.0, flush_seconds=1, max_pending=50_000)  # doctest: +SKIP
 >>> ids = recorder.record(pixels, probs, "mnist-mlp", "3")                              # doctest: +SKIP
@@ -16,31 +18,17 @@ for the collector to walk (DESIGN.md, "Garbage collection").
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
-import time
 from collections import deque
 
 import numpy as np
 
-from mindtrace.monitoring.store import PredictionLog, Record, Retention
+from mindtrace.monitoring.store import Batch, PredictionLog, Retention, new_ids, split_ids
 from service import metrics
 
 log = logging.getLogger("mindtrace.service")
-ID_BYTES = 8  # 16 hex digits: unguessable enough that a client cannot label another client's predictions
 RETENTION_EVERY_FLUSHES = 30  # deleting old rows is cheap, but not worth a transaction at every flush
-
-
-def new_ids(n: int) -> list[str]:
-    """``n`` random prediction ids from one system call.
-
-    >>> [len(i) for i in new_ids(3)]
-    [16, 16, 16]
-    """
-    text = os.urandom(ID_BYTES * n).hex()
-    step = 2 * ID_BYTES
-    return [text[i : i + step] for i in range(0, len(text), step)]
 
 
 class Recorder:
@@ -59,7 +47,7 @@ class Recorder:
         self.flush_seconds = flush_seconds
         self.max_pending = max_pending
         self.retention = retention
-        self._pending: deque[tuple[list[str], float, str, str, np.ndarray, np.ndarray]] = deque()
+        self._pending: deque[tuple[str, str, str, np.ndarray, np.ndarray]] = deque()
         # Queued rows minus taken rows is what waits; each count has one writer thread, so neither races.
         self._queued_rows = self._taken_rows = 0
         self._lock = threading.Lock()  # one flush at a time: the writer thread's, or one asked for
@@ -73,14 +61,14 @@ class Recorder:
     def record(self, pixels: np.ndarray, probs: np.ndarray, model: str, version: str) -> list[str]:
         """The prediction ids of one answered request (``pixels`` [n, 28, 28], ``probs`` [n, 10]); a
         sampled request is queued for the log."""
-        ids = new_ids(len(probs))
+        n, text = len(probs), new_ids(len(probs))
         if self.sample >= 1 or random.random() < self.sample:
-            if self._queued_rows - self._taken_rows + len(ids) > self.max_pending:
-                metrics.log_dropped(len(ids))
+            if self._queued_rows - self._taken_rows + n > self.max_pending:
+                metrics.log_dropped(n)
             else:
-                self._pending.append((ids, time.time(), model, version, pixels, probs))
-                self._queued_rows += len(ids)
-        return ids
+                self._pending.append((text, model, version, pixels, probs))
+                self._queued_rows += n
+        return split_ids(text)
 
     def flush(self) -> int:
         """Write everything queued so far, now; how many predictions were written."""
@@ -90,20 +78,29 @@ class Recorder:
                 taken.append(self._pending.popleft())
             if not taken:
                 return 0
-            records = [
-                Record(pid, at, model, version, probs[i], pixels[i])
-                for ids, at, model, version, pixels, probs in taken
-                for i, pid in enumerate(ids)
+            by_version: dict[tuple[str, str], list[tuple]] = {}
+            for entry in taken:  # in time order, as the log wants each version's predictions
+                by_version.setdefault((entry[1], entry[2]), []).append(entry)
+            batches = [
+                Batch(
+                    ids=split_ids("".join(e[0] for e in entries)),
+                    model=model,
+                    version=version,
+                    probabilities=np.concatenate([e[4] for e in entries]),
+                    pixels=np.concatenate([e[3] for e in entries]),
+                )
+                for (model, version), entries in by_version.items()
             ]
-            self._taken_rows += len(records)
+            n = sum(len(b.ids) for b in batches)
+            self._taken_rows += n
             try:
-                self.store.write(records)
+                self.store.write(batches)
             except Exception as exc:  # noqa: BLE001 - a full disk or a locked file must not stop serving
-                log.error("could not write %d predictions to the prediction log: %s", len(records), exc)
-                metrics.log_dropped(len(records))
+                log.error("could not write %d predictions to the prediction log: %s", n, exc)
+                metrics.log_dropped(n)
                 return 0
-            metrics.log_written(len(records))
-            return len(records)
+            metrics.log_written(n)
+            return n
 
     def stop(self) -> None:
         """Write what is queued and stop the thread (the worker is shutting down)."""

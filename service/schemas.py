@@ -24,7 +24,8 @@ class Prediction(BaseModel):
         min_length=10, max_length=10, description="one per digit 0-9, summing to 1"
     )
     prediction_id: str = Field(
-        examples=["3f9c2a7b1d0e4c58"], description="send it back with the true label to POST /feedback"
+        examples=["019ac9f3e2a47c1d9e5b20f4"],
+        description="send it back with the true label to POST /feedback",
     )
 
 

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from mindtrace.data.digits import mnist_test_digits
+from mindtrace.monitoring.store import split_ids
 from mindtrace.utils import ascii_to_pil, pil_to_ascii
 from tests.helpers import BIN, served, service_env, train, wait_for
 
@@ -90,7 +91,7 @@ def _metric(text: str, name: str, version: str = "1") -> float:
 
 def test_every_answer_carries_a_prediction_id(service):
     one = requests.post(service.url + "/inference", json={"image": service.texts[0]}, timeout=30).json()
-    assert re.fullmatch(r"[0-9a-f]{16}", one["prediction_id"])
+    assert re.fullmatch(r"[0-9a-f]{24}", one["prediction_id"])
     many = service.batch(service.texts[:50])
     ids = [p["prediction_id"] for p in many] + [one["prediction_id"]]
     assert len(set(ids)) == 51
@@ -125,9 +126,9 @@ def test_an_unknown_prediction_id_is_a_404_and_nothing_of_its_batch_is_stored(se
     known = service.batch(service.texts[:1])[0]["prediction_id"]
     before = _version(service.monitoring())["feedback"]
     answer = service.feedback(
-        {"items": [{"prediction_id": known, "label": 1}, {"prediction_id": "f" * 16, "label": 2}]}
+        {"items": [{"prediction_id": known, "label": 1}, {"prediction_id": "f" * 24, "label": 2}]}
     )
-    assert answer.status_code == 404 and answer.json()["unknown"] == ["f" * 16]
+    assert answer.status_code == 404 and answer.json()["unknown"] == ["f" * 24]
     assert "unknown or expired" in answer.json()["error"]
     assert _version(service.monitoring())["feedback"] == before
     bad = service.feedback({"prediction_id": known, "label": 10})
@@ -208,9 +209,13 @@ def test_a_worker_killed_mid_write_loses_at_most_its_unflushed_batch_and_corrupt
 
     with service.database() as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        logged = {row[0] for row in db.execute("SELECT id FROM predictions")}
-        sizes = set(db.execute("SELECT length(probabilities), length(pixels) FROM predictions"))
-    assert sizes == {(40, 784)}
+        chunks = db.execute(
+            "SELECT n, ids, length(labels), length(probabilities), length(pixels) FROM chunks"
+        )
+        chunks = chunks.fetchall()
+    assert all((len(ids), labels, probs, pixels) == (24 * n, n, 40 * n, 784 * n)
+               for n, ids, labels, probs, pixels in chunks)  # fmt: skip
+    logged = {pid for _, ids, *_ in chunks for pid in split_ids(ids)}
     settled = [i for t, ids in answered if t < kill_at - FLUSH_SECONDS - 0.5 for i in ids]
     missing = [i for i in settled if i not in logged]
     assert settled and not missing, f"{len(missing)} of {len(settled)} settled predictions are not logged"
@@ -225,11 +230,11 @@ def test_retention_keeps_the_newest_rows(service):
 
     def bounded() -> bool:
         with service.database() as db:
-            return db.execute("SELECT count(*) FROM predictions").fetchone()[0] <= MAX_ROWS
+            return db.execute("SELECT sum(n) FROM chunks").fetchone()[0] <= MAX_ROWS
 
     wait_for(bounded, 30, f"the log to hold at most {MAX_ROWS} rows")
     with service.database() as db:
-        newest = db.execute("SELECT max(at) FROM predictions").fetchone()[0]
+        newest = db.execute("SELECT max(last_at) FROM chunks").fetchone()[0]
     assert time.time() - newest < 30
 
 

@@ -11,64 +11,75 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mindtrace.monitoring import MonitoringSettings, PredictionLog, Record, Reference, Retention, detect
+from mindtrace.monitoring import Batch, MonitoringSettings, PredictionLog, Reference, Retention, detect
 from mindtrace.monitoring.drift import DriftVerdict
 from mindtrace.monitoring.report import LiveAccuracy, VersionReport, version_report, wilson
+from mindtrace.monitoring.store import id_time, new_ids, split_ids
 from mindtrace.monitoring.trigger import RetrainPolicy
-from service.recorder import Recorder, new_ids
+from service.recorder import Recorder
 
 RNG = np.random.default_rng(3)
 
 
-def _records(n: int, version: str = "1", at: float = 1000.0, prefix: str = "p") -> list[Record]:
+def _records(n: int, version: str = "1", at: float = 1000.0) -> Batch:
+    """``n`` predictions made one a second from ``at``."""
     probs = RNG.dirichlet(np.ones(10), n).astype(np.float32)
     pixels = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    return [Record(f"{prefix}{i}", at + i, "m", version, probs[i], pixels[i]) for i in range(n)]
+    ids = [new_ids(1, now=at + i) for i in range(n)]
+    return Batch(ids, "m", version, probs, pixels)
 
 
 def test_rows_read_back_as_written(tmp_path):
     log = PredictionLog(tmp_path / "p.db")
-    records = _records(50)
-    log.write(records)
-    probs, pixels = log.recent("m", "1", 10)
-    assert np.array_equal(probs, np.stack([r.probabilities for r in records[::-1][:10]]))
-    assert np.array_equal(pixels, np.stack([r.pixels for r in records[::-1][:10]]))
-    assert log.count("m", "1") == (50, 0) and log.versions("m") == ["1"]
-    log.write(records[:5])  # a retried batch: ids are unique, nothing doubles
+    first, second = _records(30), _records(20, at=2000.0)
+    log.write([first])
+    log.write([second, _records(5, version="2", at=2100.0)])
+    probs, pixels = log.recent("m", "1", 25)  # the newest 25, oldest first: 5 of the first flush, 20
+    assert np.array_equal(probs, np.concatenate([first.probabilities[-5:], second.probabilities]))
+    assert np.array_equal(pixels, np.concatenate([first.pixels[-5:], second.pixels]))
+    assert len(log.recent("m", "1", 1000)[0]) == 50 and len(log.recent("m", "3", 10)[0]) == 0
+    assert log.count("m", "1") == (50, 0) and log.versions("m") == ["1", "2"]
     assert log.count("m", "1") == (50, 0)
 
 
 def test_feedback_is_all_or_nothing_and_a_second_label_replaces_the_first(tmp_path):
     log = PredictionLog(tmp_path / "p.db")
-    log.write(_records(10))
-    result = log.add_feedback({"p1": 3, "nope": 4})
-    assert result.unknown == ["nope"] and result.accepted == 0
+    batch = _records(10)
+    log.write([batch])
+    p1, p2 = batch.ids[1], batch.ids[2]
+    unheard = new_ids(1, now=1001.0)  # the time of a logged prediction, not its id
+    for strange in (unheard, "nope", "zz" * 12):
+        result = log.add_feedback({p1: 3, strange: 4})
+        assert result.unknown == [strange] and result.accepted == 0
     assert log.count("m", "1") == (10, 0)  # p1 was not labelled either
-    assert log.add_feedback({"p1": 3, "p2": 5}).replaced == []
-    again = log.add_feedback({"p1": 4})
-    assert again.accepted == 1 and again.replaced == ["p1"]
+    assert log.add_feedback({p1: 3, p2: 5}).replaced == []
+    again = log.add_feedback({p1: 4})
+    assert again.accepted == 1 and again.replaced == [p1]
     predicted, truth = log.labelled("m", "1", 100)
-    assert sorted(truth.tolist()) == [4, 5] and len(predicted) == 2
+    assert sorted(truth.tolist()) == [4, 5]
+    assert sorted(predicted.tolist()) == sorted(batch.probabilities[1:3].argmax(1).tolist())
     pixels, labels = log.labelled_inputs()
-    assert pixels.shape == (2, 28, 28) and sorted(labels.tolist()) == [4, 5]
+    assert labels.tolist() == [5, 4]  # in the order the labels were given: p2, then p1's replacement
+    assert np.array_equal(pixels, batch.pixels[[2, 1]])
 
 
 def test_retention_by_age_then_by_count(tmp_path):
     log = PredictionLog(tmp_path / "p.db")
-    log.write(_records(100, at=1000.0))
-    assert log.apply_retention(Retention(max_age_seconds=50, max_rows=0), now=1100.0) == 50  # at < 1050
-    assert log.count("m", "1")[0] == 50
-    log.apply_retention(Retention(max_age_seconds=0, max_rows=20), now=1100.0)
+    flushes = [_records(10, at=1000.0 + 10 * k) for k in range(10)]  # ten flushes of ten, 1000-1099 s
+    for batch in flushes:
+        log.write([batch])
+    log.add_feedback({flushes[0].ids[0]: 1, flushes[9].ids[0]: 2})
+    assert log.apply_retention(Retention(max_age_seconds=50, max_rows=0), now=1100.0) == 50  # before 1050
+    assert log.count("m", "1") == (50, 1)  # the first flush's label went with it
+    assert log.apply_retention(Retention(max_age_seconds=0, max_rows=20), now=1100.0) == 30
     probs, _ = log.recent("m", "1", 1000)
-    assert len(probs) == 20
-    with sqlite3.connect(tmp_path / "p.db") as db:
-        assert db.execute("SELECT min(at) FROM predictions").fetchone()[0] == 1080.0  # the newest 20 stay
+    assert np.array_equal(probs, np.concatenate([flushes[8].probabilities, flushes[9].probabilities]))
 
 
 def _writer(path: str, prefix: str) -> None:
     log = PredictionLog(path)
-    for batch in range(20):
-        log.write(_records(200, prefix=f"{prefix}-{batch}-"))
+    for _ in range(20):
+        log.write([_records(200)])
 
 
 def test_writers_in_several_processes_lose_nothing(tmp_path):
@@ -123,9 +134,10 @@ def test_live_accuracy_and_its_interval():
     log_dir = Path(__import__("tempfile").mkdtemp())
     log = PredictionLog(log_dir / "p.db")
     records = _records(200)
-    log.write(records)
-    truth = {r.id: int(r.probabilities.argmax()) if i % 4 else (int(r.probabilities.argmax()) + 1) % 10
-             for i, r in enumerate(records)}  # fmt: skip
+    log.write([records])
+    predicted = records.probabilities.argmax(1)
+    truth = {pid: int(p) if i % 4 else int(p + 1) % 10
+             for i, (pid, p) in enumerate(zip(records.ids, predicted, strict=True))}  # fmt: skip
     log.add_feedback(truth)
     reference = Reference(RNG.dirichlet(np.ones(10), 2000).astype(np.float32), "r")
     report = version_report(log, "m", "1", reference, MonitoringSettings(window=200, accuracy_window=100))
@@ -160,7 +172,8 @@ def test_the_retraining_policy(tmp_path):
 
 
 def test_the_recorder_bounds_its_queue_and_writes_in_one_flush(tmp_path):
-    assert len(set(new_ids(1000))) == 1000
+    ids = split_ids(new_ids(1000, now=1234.5))
+    assert len(set(ids)) == 1000 and {id_time(i) for i in ids} == {1234.5}
     log = PredictionLog(tmp_path / "p.db")
     recorder = Recorder(log, sample=1.0, flush_seconds=60, max_pending=100)
     probs = RNG.dirichlet(np.ones(10), 64).astype(np.float32)

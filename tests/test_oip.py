@@ -105,7 +105,7 @@ def test_normalised_fp32_and_base64_bytes_get_the_labels_of_inference(service):
     result = _infer(service, fp32)  # every output, binary: tritonclient's default
     assert np.array_equal(result.as_numpy("label"), service.labels)
     ids = [i.decode() for i in result.as_numpy("prediction_id")]
-    assert len(set(ids)) == len(service.labels) and all(len(i) == 16 for i in ids)
+    assert len(set(ids)) == len(service.labels) and all(len(i) == 24 for i in ids)
     feedback = {"items": [{"prediction_id": ids[0], "label": int(service.labels[0])}]}
     answer = requests.post(service.url + "/feedback", json=feedback, headers=AUTH, timeout=30)
     assert answer.status_code == 202 and answer.json()["accepted"] == 1  # V2 ids take feedback too

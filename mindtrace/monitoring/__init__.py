@@ -10,14 +10,14 @@ No PyTorch here (the service imports this package); SciPy is loaded when a drift
 
 from mindtrace.monitoring.drift import DriftVerdict, Reference, detect
 from mindtrace.monitoring.report import MonitoringReport, MonitoringSettings, VersionReport, version_report
-from mindtrace.monitoring.store import PredictionLog, Record, Retention
+from mindtrace.monitoring.store import Batch, PredictionLog, Retention
 
 __all__ = [
+    "Batch",
     "DriftVerdict",
     "MonitoringReport",
     "MonitoringSettings",
     "PredictionLog",
-    "Record",
     "Reference",
     "Retention",
     "VersionReport",
