@@ -318,10 +318,14 @@ class Bench:
             )
         for round_ in range(1, options.rounds + 1):
             console.rule(f"[bold]round {round_} of {options.rounds}")
+            # Each round starts with the next server: the first point of a round ran measurably slower
+            # (the machine still busy with the last round's points), which a fixed order pins on one server.
+            shift = (round_ - 1) % len(self.live)
+            order = self.live[shift:] + self.live[:shift]
             for connections in options.connections:
-                for s in self.live:
+                for s in order:
                     self.point(s, "single", connections, round_, options.seconds)
-            for s in self.live:
+            for s in order:
                 if self._batches(s):
                     self.point(s, "batch", options.batch_connections, round_, options.seconds)
             ours = self.ours()

@@ -33,6 +33,7 @@ from mindtrace.monitoring import (
     Reference,
     version_report,
 )
+from mindtrace.monitoring.drift import preload
 from mindtrace.monitoring.store import FeedbackResult
 from mindtrace.monitoring.trigger import RetrainPolicy
 from mindtrace.train_config import TrainRequest
@@ -134,6 +135,7 @@ class Monitor:
     def start_refresh(self, interval: float) -> None:
         """Recompute the gauges every ``interval`` seconds in a background thread, and apply the retraining
         policy to what they say (the leader worker)."""
+        preload()  # SciPy: before the worker freezes its start-up heap and takes requests
 
         def loop() -> None:
             while True:

@@ -99,6 +99,12 @@ class DriftVerdict(BaseModel):
     note: str = ""
 
 
+def preload() -> None:
+    """Import SciPy's statistics now: a worker that will compute verdicts pays the import (about a second)
+    at start-up, with its start-up heap, rather than in the middle of traffic."""
+    import scipy.stats  # noqa: F401
+
+
 def detect(
     reference: Reference, live: np.ndarray, alpha: float = 0.05, min_window: int = 100
 ) -> DriftVerdict:
