@@ -253,19 +253,21 @@ class _Batch:
 def _opener(fmt: str, folder: Path) -> tuple[Any, Callable[[_Batch], None]]:
     """The log of format ``fmt`` in ``folder``, and a flush function writing one batch into it."""
     if fmt == "sqlite":
-        from mindtrace.monitoring.store import PredictionLog, Record
+        from mindtrace.monitoring.store import Batch, PredictionLog
 
         log = PredictionLog(folder / "predictions.db")
 
         def flush(b: _Batch) -> None:
-            now = time.time()
-            # As Recorder.flush: one Record per queued prediction, then one transaction.
-            log.write(
-                [
-                    Record(pid, now + i * 1e-6, MODEL, b.versions[i], b.probabilities[i], b.pixels[i])
-                    for i, pid in enumerate(b.ids)
-                ]
-            )
+            # As Recorder.flush: one Batch per version, all in one transaction.
+            versions = np.asarray(b.versions)
+            ids = np.asarray(b.ids)
+            batches = []
+            for version in dict.fromkeys(b.versions):
+                mine = versions == version
+                batches.append(
+                    Batch(ids[mine].tolist(), MODEL, version, b.probabilities[mine], b.pixels[mine])
+                )
+            log.write(batches)
 
         return log, flush
     log = ParquetLog(folder, "zstd" if fmt == "parquet-zstd" else "snappy")
@@ -277,9 +279,10 @@ def _opener(fmt: str, folder: Path) -> tuple[Any, Callable[[_Batch], None]]:
     return log, flush_parquet
 
 
-def _new_ids(rng: np.random.Generator, n: int) -> list[str]:
-    text = rng.bytes(8 * n).hex()  # 16 hex digits, as service/recorder.py's new_ids
-    return [text[i : i + 16] for i in range(0, len(text), 16)]
+def _new_ids(n: int) -> list[str]:
+    from mindtrace.monitoring.store import new_ids, split_ids
+
+    return split_ids(new_ids(n))  # the service's ids: time first, then random
 
 
 def _writer(
@@ -293,7 +296,7 @@ def _writer(
         n = min(batch, rows - start)
         batches.append(
             _Batch(
-                ids=_new_ids(rng, n),
+                ids=_new_ids(n),
                 versions=list(rng.choice(VERSIONS, n, p=VERSION_SHARES)),
                 probabilities=rng.dirichlet(np.full(10, 0.1), n).astype(np.float32),
                 pixels=digits[rng.integers(0, len(digits), n)],
