@@ -40,7 +40,7 @@ from rich.console import Console
 
 from benchmarks.bodies import Correctness, DigitRequest, check_answers, digit_requests, mixed_requests
 from benchmarks.process import Meter, free_port, launched, stop, tree_memory, wait_ready
-from benchmarks.servers import SERVERS, Server, lineup, server
+from benchmarks.servers import DEFAULT_SERVERS, Server, lineup, server
 from benchmarks.wrk import (
     WRK_BOUND,
     WrkResult,
@@ -68,7 +68,7 @@ class BenchOptions:
 
     out: Path
     work: Path = Path("bench-out/work")
-    servers: tuple[str, ...] = SERVERS
+    servers: tuple[str, ...] = DEFAULT_SERVERS
     connections: tuple[int, ...] = (8, 32, 64)
     seconds: int = 10
     rounds: int = 3
