@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mindtrace.config import Config
-from mindtrace.registry.bento import bento_model_name, bento_tag, load_classifier, load_reference
+from mindtrace.registry.bento import bento_model_name, bento_tag, load_serving
 from mindtrace.registry.errors import NotFoundError, RegistryError
 from mindtrace.utils import atomic_write
 from service import metrics
@@ -276,8 +276,8 @@ def _import(name: str, version: str) -> None:
 def _tried(model: Any, name: str, version: str) -> Served:
     """The store entry ``model`` (a tag or a model) loaded with ONNX Runtime, once it answers sanely, with
     its drift reference."""
-    classify, entry = load_classifier(model)
+    classify, reference, entry = load_serving(model)
     probs = classify(np.zeros((2, 28, 28), dtype=np.uint8))
     if probs.shape != (2, 10) or not np.isfinite(probs).all():
         raise ValueError(f"{entry.tag} does not produce 10 finite probabilities per image")
-    return Served(classify, name, version, str(entry.tag), time.time(), load_reference(entry))
+    return Served(classify, name, version, str(entry.tag), time.time(), reference)

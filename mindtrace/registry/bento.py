@@ -206,13 +206,20 @@ def _reference(registry: Registry, info: VersionInfo, net: MLPNet) -> Reference:
 def load_classifier(model_or_tag: Any) -> tuple[OnnxClassifier, Any]:
     """The ONNX Runtime classifier of a BentoML model made by :func:`import_version`, and the model.
 
-    What the service serves; no PyTorch is imported. Raises ValueError when the entry is not such a model
-    or a file does not match its recorded digest.
+    No PyTorch is imported. Raises ValueError when the entry is not such a model or a file does not match
+    its recorded digest.
     """
+    classify, _, model = load_serving(model_or_tag)
+    return classify, model
+
+
+def load_serving(model_or_tag: Any) -> tuple[OnnxClassifier, Reference, Any]:
+    """What the service serves from a store entry, its files read and checked once: the ONNX Runtime
+    classifier, the drift reference, and the model."""
     from mindtrace.runtime import OnnxClassifier
 
     model, files = _files(model_or_tag)
-    return OnnxClassifier(files[ONNX_FILE]), model
+    return OnnxClassifier(files[ONNX_FILE]), Reference.from_bytes(files[REFERENCE_FILE]), model
 
 
 def load_reference(model_or_tag: Any) -> Reference:
