@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
-from mindtrace.data.digits import mnist_test_digits
+from mindtrace.data.digits import mnist_test_pixels
 from mindtrace.monitoring.store import split_ids
 from mindtrace.utils import ascii_to_pil, pil_to_ascii
 from tests.helpers import BIN, served, service_env, train, wait_for
@@ -71,13 +72,20 @@ def service(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> I
         MINDTRACE__MONITORING__REFRESH_SECONDS="1",
     )  # fmt: skip
     train(env, root, "--policy", "always")
-    # At random: the test set's first half comes from cleaner writers than its second (NIST's SD-3 and SD-1),
-    # and the detector tells the first 1,000 digits from the whole set (p = 2e-6).
-    digits = mnist_test_digits(10_000, real_mnist_dir)
-    chosen = np.random.default_rng(7).choice(len(digits), 1000, replace=False)
-    texts = [digits.texts[i] for i in chosen]
+    texts, labels = _random_test_digits(real_mnist_dir, 1000, seed=7)
     with served(env, root / "serve.log") as (url, _):
-        yield Service(url, root / "home", texts, np.asarray(digits.labels)[chosen])
+        yield Service(url, root / "home", texts, labels)
+
+
+def _random_test_digits(data_dir: Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """``n`` MNIST test digits drawn at random, as base64 PNG, and their labels.
+
+    At random: the test set's first half comes from cleaner writers than its second (NIST's SD-3 and SD-1),
+    and the detector tells the first 1,000 digits from the whole set (p = 2e-6).
+    """
+    pixels, labels = mnist_test_pixels(10_000, data_dir)
+    chosen = np.random.default_rng(seed).choice(len(labels), n, replace=False)
+    return [pil_to_ascii(Image.fromarray(pixels[i])) for i in chosen], labels[chosen]
 
 
 def _version(report: dict, version: str = "1") -> dict:
@@ -254,13 +262,11 @@ def test_drift_starts_one_retraining_job_with_the_feedback_digits(tmp_path, real
         MINDTRACE__MONITORING__RETRAIN_CONFIG=str(small),
     )  # fmt: skip
     train(env, tmp_path, "--policy", "always")
-    digits = mnist_test_digits(10_000, real_mnist_dir)
-    chosen = np.random.default_rng(11).choice(len(digits), 300, replace=False)
-    texts = [digits.texts[i] for i in chosen]
+    texts, labels = _random_test_digits(real_mnist_dir, 300, seed=11)
     with served(env, tmp_path / "serve.log") as (url, _):
         answer = requests.post(url + "/inference/batch", json={"images": texts[:200]}, timeout=60).json()
-        items = [{"prediction_id": p["prediction_id"], "label": int(digits.labels[i])}
-                 for p, i in zip(answer["predictions"], chosen[:200], strict=True)]  # fmt: skip
+        items = [{"prediction_id": p["prediction_id"], "label": int(label)}
+                 for p, label in zip(answer["predictions"], labels[:200], strict=True)]  # fmt: skip
         assert requests.post(url + "/feedback", json={"items": items}, timeout=30).status_code == 202
         time.sleep(3)  # refreshes on unshifted digits: no job
         assert requests.get(url + "/jobs", timeout=30).json() == []
