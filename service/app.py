@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import bentoml
@@ -40,6 +40,7 @@ from service.guard import Guard
 from service.monitor import Monitor
 from service.openapi import Document
 from service.recorder import Recorder
+from service.rollout import Decider, route
 from service.schemas import (
     EXAMPLE_IMAGE,
     MAX_BATCH,
@@ -88,6 +89,11 @@ class Mindtrace:
         )
         self._registry: Registry | None = None
         self.recorder, self.monitor = _monitoring(self.predictor, self.retrain)
+        # The recorder counts every model call and logs the rollout candidate's shadow predictions.
+        self.predictor.observe, self.predictor.shadow_sink = (
+            self.recorder.observe,
+            self.recorder.record_shadow,
+        )
         self.recorder.start()
         # Worker 1 follows the champion in the registry; the others follow it through worker 1 (watcher.py).
         leader = bentoml.server_context.worker_index in (None, 1)
@@ -99,6 +105,7 @@ class Mindtrace:
         self.watcher.start()
         if leader:
             self.monitor.start_refresh(settings["MONITORING"].getfloat("REFRESH_SECONDS"))
+            Decider(self, settings["ROLLOUT"].getfloat("CHECK_SECONDS")).start()
 
     @property
     def registry(self) -> Registry:
@@ -125,14 +132,16 @@ class Mindtrace:
 
     @bentoml.api(route="/inference")
     async def inference(
-        self, image: Annotated[str, Field(min_length=1, description=IMAGE_DOC, examples=[EXAMPLE_IMAGE])]
+        self,
+        image: Annotated[str, Field(min_length=1, description=IMAGE_DOC, examples=[EXAMPLE_IMAGE])],
+        ctx: bentoml.Context,
     ) -> InferenceResponse:
         """Classify one image of a digit."""
         try:
             pixels = digit_pixels(image, self.limits)[None]
         except ImageRejected as exc:
             return error_response(exc.status, f"image: {exc}")
-        answer = await self.classify(pixels)
+        answer = await self.classify(pixels, ctx.request.headers)
         if isinstance(answer, JSONResponse):
             return answer
         probs, model, ids = answer
@@ -147,13 +156,14 @@ class Mindtrace:
             list[Annotated[str, Field(min_length=1)]],
             Field(min_length=1, max_length=MAX_BATCH, description=IMAGE_DOC, examples=[[EXAMPLE_IMAGE]]),
         ],
+        ctx: bentoml.Context,
     ) -> BatchResponse:
         """Classify 1 to 1024 images in one request; one bad image refuses the request and names its index."""
         try:
             pixels = batch_pixels(images, self.limits)
         except ImageRejected as exc:
             return error_response(exc.status, str(exc))
-        answer = await self.classify(pixels)
+        answer = await self.classify(pixels, ctx.request.headers)
         if isinstance(answer, JSONResponse):
             return answer
         probs, model, ids = answer
@@ -165,17 +175,33 @@ class Mindtrace:
         body = {"predictions": predictions, "model": model.model_dump()}
         return Response(json.dumps(body), media_type="application/json")
 
-    async def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, ModelRef, list[str]] | JSONResponse:
+    async def classify(
+        self, pixels: np.ndarray, headers: Mapping[str, str] | None = None, version: str | None = None
+    ) -> tuple[np.ndarray, ModelRef, list[str]] | JSONResponse:
         """Probabilities for uint8 pixels ``[n, 28, 28]``, the model that computed them and the prediction
         ids (logged in the prediction log), through the batching queue; or the 503 to answer (no model yet,
-        or the queue over its latency budget)."""
+        or the queue over its latency budget). During a rollout the request is routed by ``headers`` (a
+        sticky header) or at random (``service.rollout.route``), unless it names the served ``version``."""
+        rollout = self.predictor.rollout
+        if version is None:
+            canary, shadow = route(rollout, headers)
+        else:  # asked for by name (the inference protocol's versions/{version})
+            canary, shadow = rollout is not None and version == rollout.candidate, False
         try:
-            probs, served = await self.predictor.predict(pixels)
+            probs, served = await self.predictor.predict(pixels, candidate=canary)
         except NotServing:
             return error_response(503, HOW_TO_TRAIN)
         except Overloaded as exc:
             return error_response(503, f"{exc}; retry shortly")
         ids = self.recorder.record(pixels, probs, served.name, served.version)
+        if rollout is not None:
+            role = "canary" if served.version == rollout.candidate else "champion"
+            metrics.routed(served.name, served.version, role)
+            if shadow and role == "champion":
+                if self.predictor.shadow(pixels, "".join(ids), probs.argmax(axis=1)):
+                    metrics.routed(served.name, rollout.candidate, "shadow")
+                else:
+                    metrics.shadow_dropped(len(ids))
         return probs, ModelRef(name=served.name, version=served.version), ids
 
     def move_alias(self, name: str, alias: str, version: str) -> AliasEvent | JSONResponse:
@@ -214,8 +240,18 @@ class Mindtrace:
                 "bento_tag": current.tag,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(current.loaded_at)),
             }
+        rollout = self.predictor.rollout
+        candidate = self.predictor.candidate
         return {
             "model": model,
+            "rollout": None
+            if rollout is None or candidate is None
+            else {
+                "id": rollout.id,
+                "mode": rollout.mode,
+                "percent": rollout.percent,
+                "candidate": candidate.version,
+            },
             "alias": self.watcher.alias,
             "last_error": self.watcher.last_error,
             "worker_pid": os.getpid(),

@@ -25,7 +25,7 @@ from mindtrace.registry.filters import CONDITION_PATTERN, ORDER_PATTERN
 from mindtrace.registry.names import ALIAS_PATTERN, MODEL_NAME_PATTERN
 from mindtrace.registry.schemas import AliasEvent, ModelSummary, VersionInfo
 from mindtrace.train_config import TrainRequest
-from service import monitor, oip
+from service import monitor, oip, rollout
 from service.errors import domain_error, error_response
 from service.guard import describe_errors, error_details
 from service.schemas import AliasMove, ErrorBody
@@ -33,6 +33,7 @@ from service.schemas import AliasMove, ErrorBody
 app = FastAPI(title="mindtrace control", docs_url=None, redoc_url=None, openapi_url=None)
 app.include_router(oip.router)  # the Open Inference Protocol's /v2 routes
 app.include_router(monitor.router)  # POST /feedback, GET /monitoring
+app.include_router(rollout.router)  # POST, GET, DELETE /registry/models/{name}/rollout
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}

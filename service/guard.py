@@ -1,9 +1,9 @@
 """An ASGI middleware in front of every route: tokens, the body-size limit, and one error format.
 
-- Authentication: with ``MINDTRACE_API_TOKEN`` set, requests that change state (POST /retrain, POST
-  /registry/...) need ``Authorization: Bearer <token>``; with ``MINDTRACE_INFERENCE_TOKEN`` set, so do the
-  inference routes. No header is a 401, a wrong token a 403. Tokens are compared in constant time and never
-  logged or echoed.
+- Authentication: with ``MINDTRACE_API_TOKEN`` set, requests that change state (POST /retrain, POST and
+  DELETE /registry/...) need ``Authorization: Bearer <token>``; with ``MINDTRACE_INFERENCE_TOKEN`` set, so
+  do the inference routes. No header is a 401, a wrong token a 403. Tokens are compared in constant time
+  and never logged or echoed.
 - Bodies over ``max_body_bytes`` get a 413, whether they announce their length or stream it.
   The rest of a refused body is read and dropped first, so that the client always reads the 413. A form
   or multipart body sent to an inference route is a 415 (the routes take JSON).
@@ -154,6 +154,8 @@ def guarded_by(method: str, path: str) -> str | None:
     if method == "POST" and path == "/feedback":  # from the clients that asked for the predictions
         return "inference"
     if method == "POST" and (path == "/retrain" or path.startswith("/registry/")):
+        return "api"
+    if method == "DELETE" and path.startswith("/registry/"):  # stopping a rollout
         return "api"
     return None
 

@@ -12,6 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from mindtrace.monitoring import VersionReport
+    from mindtrace.rollout import Rollout
     from service.batching import Served
 
 PREDICTIONS = bentoml.metrics.Counter(
@@ -125,3 +126,44 @@ def unmonitored(model: str, version: str) -> None:
         gauge.labels(**labels).set(float("nan"))
     LIVE_ACCURACY_LABELLED.labels(**labels).set(0)
     DRIFT_DETECTED.labels(**labels).set(0)
+
+
+ROLLOUT_ROUTED = bentoml.metrics.Counter(
+    name="mindtrace_rollout_requests",
+    documentation="Requests during a rollout, by version and role (champion; canary: answered by the "
+    "candidate; shadow: also predicted by the candidate)",
+    labelnames=["model", "version", "role"],
+)
+ROLLOUT_DECISIONS = bentoml.metrics.Counter(
+    name="mindtrace_rollout_decisions",
+    documentation="Rollouts ended, by outcome (promoted, rolled-back, aborted)",
+    labelnames=["model", "outcome"],
+)
+ROLLOUT_CANDIDATE = bentoml.metrics.Gauge(
+    name="mindtrace_rollout_candidate",
+    documentation="1 for the version each worker serves as a rollout's candidate, by mode",
+    labelnames=["model", "version", "mode"],
+    multiprocess_mode="livemax",
+)
+SHADOW_DROPPED = bentoml.metrics.Counter(
+    name="mindtrace_shadow_dropped",
+    documentation="Shadow predictions skipped because the worker's shadow queue was full",
+)
+
+
+def routed(model: str, version: str, role: str) -> None:
+    ROLLOUT_ROUTED.labels(model=model, version=version, role=role).inc()
+
+
+def rollout_serving(rollout: Rollout, serving: bool) -> None:
+    ROLLOUT_CANDIDATE.labels(model=rollout.model, version=rollout.candidate, mode=rollout.mode).set(
+        int(serving)
+    )
+
+
+def rollout_decided(model: str, outcome: str) -> None:
+    ROLLOUT_DECISIONS.labels(model=model, outcome=outcome).inc()
+
+
+def shadow_dropped(n: int) -> None:
+    SHADOW_DROPPED.inc(n)

@@ -117,11 +117,12 @@ def _served_version(name: str, version: str | None) -> str | JSONResponse:
     current = _service().predictor.current
     if current is None:
         return error_response(503, f"model {name!r} is not ready: no version is being served yet")
-    if version is not None and version != current.version:
-        return error_response(
-            404, f"version {version} of {name!r} is not being served ({current.version} is)"
-        )
-    return current.version
+    candidate = _service().predictor.candidate
+    served = [current.version] + ([candidate.version] if candidate is not None else [])
+    if version is not None and version not in served:
+        serving = f"{served[0]} is" if len(served) == 1 else f"{' and '.join(served)} are"
+        return error_response(404, f"version {version} of {name!r} is not being served ({serving})")
+    return current.version if version is None else version
 
 
 @router.get("", summary="Server metadata", response_model=ServerMetadata)
@@ -157,8 +158,8 @@ def model_metadata(name: str, version: Version | None = None) -> Any:
     found = _served_version(name, version) if version is not None else _unknown(name)
     if isinstance(found, JSONResponse):
         return found
-    served = _service().predictor.current
-    versions = [served.version] if served is not None else []
+    predictor = _service().predictor
+    versions = [s.version for s in (predictor.current, predictor.candidate) if s is not None]
     return ModelMetadata(name=name, versions=versions, platform=PLATFORM, inputs=INPUTS, outputs=OUTPUTS)
 
 
@@ -217,7 +218,7 @@ async def infer(request: Request, name: str, version: Version | None = None) -> 
         parsed = read_request(await request.body(), _length(length), svc.limits)
     except TensorError as exc:
         return error_response(exc.status, str(exc))
-    answer = await svc.classify(parsed.pixels)
+    answer = await svc.classify(parsed.pixels, request.headers, version)
     if isinstance(answer, JSONResponse):
         return answer
     probs, model, ids = answer

@@ -11,6 +11,10 @@ collector does not track (numpy arrays are not containers), so once the collecto
 stops tracking it, and logging adds nothing for full collections to walk (DESIGN.md, "Garbage
 collection"). A flush writes one row per version, its columns as blobs (``mindtrace.monitoring.store``).
 
+During a rollout the recorder also logs the candidate's shadow predictions (``record_shadow``, under the
+answered requests' ids), and every flush writes each version's model-call counts and latency histogram
+(``observe``): the evidence a rollout decides on, shared by all workers and replicas.
+
 >>> recorder = Recorder(PredictionLog(path), 1.0, flush_seconds=1, max_pending=50_000)  # doctest: +SKIP
 >>> ids = recorder.record(pixels, probs, "mnist-mlp", "3")                              # doctest: +SKIP
 """
@@ -24,8 +28,10 @@ from collections import deque
 
 import numpy as np
 
-from mindtrace.monitoring.store import Batch, PredictionLog, Retention, new_ids, split_ids
+from mindtrace.monitoring import latency
+from mindtrace.monitoring.store import Batch, PredictionLog, Retention, Stats, new_ids, split_ids
 from service import metrics
+from service.batching import Served
 
 log = logging.getLogger("mindtrace.service")
 RETENTION_EVERY_FLUSHES = 30  # deleting old rows is cheap, but not worth a transaction at every flush
@@ -47,7 +53,11 @@ class Recorder:
         self.flush_seconds = flush_seconds
         self.max_pending = max_pending
         self.retention = retention
-        self._pending: deque[tuple[str, str, str, np.ndarray, np.ndarray]] = deque()
+        # (ids, model, version, pixels, probabilities, role, answered labels or None)
+        self._pending: deque[tuple[str, str, str, np.ndarray, np.ndarray, str, np.ndarray | None]] = deque()
+        # (model, version, role) -> [requests, images, errors, latency histogram], since the last flush
+        self._stats: dict[tuple[str, str, str], list] = {}
+        self._stats_lock = threading.Lock()
         # Queued rows minus taken rows is what waits; each count has one writer thread, so neither races.
         self._queued_rows = self._taken_rows = 0
         self._lock = threading.Lock()  # one flush at a time: the writer thread's, or one asked for
@@ -61,26 +71,55 @@ class Recorder:
     def record(self, pixels: np.ndarray, probs: np.ndarray, model: str, version: str) -> list[str]:
         """The prediction ids of one answered request (``pixels`` [n, 28, 28], ``probs`` [n, 10]); a
         sampled request is queued for the log."""
-        n, text = len(probs), new_ids(len(probs))
+        text = new_ids(len(probs))
         if self.sample >= 1 or random.random() < self.sample:
-            if self._queued_rows - self._taken_rows + n > self.max_pending:
-                metrics.log_dropped(n)
-            else:
-                self._pending.append((text, model, version, pixels, probs))
-                self._queued_rows += n
+            self._queue(text, model, version, pixels, probs, "answer", None)
         return split_ids(text)
+
+    def record_shadow(
+        self, served: Served, probs: np.ndarray, pixels: np.ndarray, ids: str, answered: np.ndarray
+    ) -> None:
+        """Queue a candidate's shadow predictions of answered requests (``ids``, as one string), beside the
+        labels the clients got (``answered``). All of them: the requests were sampled when shadowed."""
+        self._queue(ids, served.name, served.version, pixels, probs, "shadow", answered)
+
+    def observe(
+        self, served: Served, role: str, requests: int, images: int, seconds: float, failed: bool
+    ) -> None:
+        """Count one model call of ``served`` (``service.batching.CallObserver``)."""
+        key = (served.name, served.version, role)
+        with self._stats_lock:
+            entry = self._stats.get(key)
+            if entry is None:
+                entry = self._stats[key] = [0, 0, 0, latency.empty()]
+            entry[0] += requests
+            entry[1] += images
+            entry[2] += requests if failed else 0
+            entry[3][latency.bucket(seconds)] += requests
+
+    def _queue(
+        self, ids: str, model: str, version: str, pixels: np.ndarray, probs: np.ndarray, role: str,
+        answered: np.ndarray | None,
+    ) -> None:  # fmt: skip
+        n = len(probs)
+        if self._queued_rows - self._taken_rows + n > self.max_pending:
+            metrics.log_dropped(n)
+        else:
+            self._pending.append((ids, model, version, pixels, probs, role, answered))
+            self._queued_rows += n
 
     def flush(self) -> int:
         """Write everything queued so far, now; how many predictions were written."""
         with self._lock:
+            self._flush_stats()
             taken = []
             while self._pending:
                 taken.append(self._pending.popleft())
             if not taken:
                 return 0
-            by_version: dict[tuple[str, str], list[tuple]] = {}
+            by_version: dict[tuple[str, str, str], list[tuple]] = {}
             for entry in taken:  # in time order, as the log wants each version's predictions
-                by_version.setdefault((entry[1], entry[2]), []).append(entry)
+                by_version.setdefault((entry[1], entry[2], entry[5]), []).append(entry)
             batches = [
                 Batch(
                     ids=split_ids("".join(e[0] for e in entries)),
@@ -88,8 +127,10 @@ class Recorder:
                     version=version,
                     probabilities=np.concatenate([e[4] for e in entries]),
                     pixels=np.concatenate([e[3] for e in entries]),
+                    role=role,
+                    answered=None if role == "answer" else np.concatenate([e[6] for e in entries]),
                 )
-                for (model, version), entries in by_version.items()
+                for (model, version, role), entries in by_version.items()
             ]
             n = sum(len(b.ids) for b in batches)
             self._taken_rows += n
@@ -101,6 +142,18 @@ class Recorder:
                 return 0
             metrics.log_written(n)
             return n
+
+    def _flush_stats(self) -> None:
+        with self._stats_lock:
+            taken, self._stats = self._stats, {}
+        stats = [
+            Stats(model, version, role, requests, images, errors, histogram)
+            for (model, version, role), (requests, images, errors, histogram) in taken.items()
+        ]
+        try:
+            self.store.write_stats(stats)
+        except Exception as exc:  # noqa: BLE001 - as for predictions: serving goes on
+            log.error("could not write serving statistics to the prediction log: %s", exc)
 
     def stop(self) -> None:
         """Write what is queued and stop the thread (the worker is shutting down)."""

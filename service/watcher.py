@@ -8,6 +8,11 @@ file and load the version it names from the store. So only the leader holds MLfl
 follower loads it only if it answers a registry route. The import needs PyTorch to export the ONNX graph, so
 it runs as ``mindtrace registry import`` in a child process: no worker ever imports torch.
 
+A running rollout (``mindtrace.rollout``, a tag of the registered model) is followed the same way: the
+leader reads it with the alias in one registry call, loads its candidate beside the champion and publishes
+both; followers load what the pointer names. When the rollout promotes, the candidate already loaded
+becomes the champion without a second load.
+
 >>> watcher = ChampionWatcher(predictor, Config(), Registry())   # doctest: +SKIP
 >>> watcher.start()                                              # doctest: +SKIP
 """
@@ -36,6 +41,7 @@ from service.batching import Predictor, Served
 
 if TYPE_CHECKING:
     from mindtrace.registry.query import Registry
+    from mindtrace.rollout import Rollout
 
 log = logging.getLogger("mindtrace.service")
 IMPORT_TIMEOUT_SECONDS = 600
@@ -77,7 +83,7 @@ class Follower:
         if self.leads:
             prune_pointers(self.pointer.parent)
             if self.predictor.current is None:
-                publish(self.pointer, None)  # a swap publishes what it serves; nothing served is news too
+                self._publish()  # a swap publishes what it serves; nothing served is news too
         threading.Thread(target=self._loop, name="champion-watcher", daemon=True).start()
 
     def _await_leader(self) -> None:
@@ -94,24 +100,72 @@ class Follower:
         self._wake.set()
 
     def check(self) -> None:
-        """One look at the target; swap when it names another version than the served one."""
+        """One look at the target; swap when it names another version than the served one, and follow the
+        rollout it names (or its end)."""
         with self._lock:
             try:
                 target = self._target()
             except RegistryError as exc:
                 self._note_error(f"cannot read the registry: {exc}", swap=False)
                 return
-            if target is None or self._serving(target):
+            if target is None:
                 return
-            key = json.dumps(target, sort_keys=True)
-            if self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < RETRY_SECONDS:
+            if not self._serving(target) and not self._swap(target):
                 return
-            try:
-                self.serve(self._load(target), announce=self.leads)
-            except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old model serving
-                self._failed = (key, time.monotonic())
-                what = f"version {target['version']} of {self.name}"
-                self._note_error(f"{what} was not swapped in: {exc}", swap=True)
+            self._follow_rollout(target.get("rollout"))
+
+    def _swap(self, target: dict[str, Any]) -> bool:
+        """Serve ``target`` as the champion (the candidate itself when a rollout promoted it); False when
+        it failed to load."""
+        candidate = self.predictor.candidate
+        if candidate is not None and candidate.version == target["version"]:
+            self.serve(candidate, announce=self.leads)
+            return True
+        key = json.dumps({k: target.get(k) for k in ("version", "tag")}, sort_keys=True)
+        if self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < RETRY_SECONDS:
+            return False
+        try:
+            self.serve(self._load(target), announce=self.leads)
+        except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old model serving
+            self._failed = (key, time.monotonic())
+            what = f"version {target['version']} of {self.name}"
+            self._note_error(f"{what} was not swapped in: {exc}", swap=True)
+            return False
+        return True
+
+    def _follow_rollout(self, spec: dict[str, Any] | None) -> None:
+        """Load the candidate of the running rollout ``spec`` beside the champion; drop it when none runs."""
+        from mindtrace.rollout import Rollout
+
+        predictor = self.predictor
+        if spec is None:
+            if predictor.rollout is not None:
+                self.end_rollout(announce=self.leads)
+            return
+        rollout = Rollout.model_validate(spec)
+        candidate = predictor.candidate
+        if (
+            predictor.rollout is not None
+            and predictor.rollout == rollout
+            and candidate is not None
+            and candidate.version == rollout.candidate
+        ):
+            return
+        key = f"rollout {rollout.id}"
+        if self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < RETRY_SECONDS:
+            return
+        try:
+            loaded = candidate if candidate and candidate.version == rollout.candidate else None
+            served = self._load_candidate(spec, loaded)
+        except Exception as exc:  # noqa: BLE001 - the champion alone goes on serving
+            self._failed = (key, time.monotonic())
+            what = f"candidate version {rollout.candidate} of {self.name}"
+            self._note_error(f"{what} was not loaded: {exc}", swap=True)
+            return
+        self.start_rollout(served, rollout, announce=self.leads)
+
+    def _load_candidate(self, spec: dict[str, Any], loaded: Served | None) -> Served:
+        return loaded or _tried(spec["candidate_tag"], self.name, spec["candidate"])
 
     def serve(self, served: Served, announce: bool = False) -> Served:
         """Swap in a model that is already loaded and checked; ``announce`` it to the other workers too (the
@@ -121,13 +175,43 @@ class Follower:
             self.predictor.current = served
             self.last_error, self._failed = None, None
             if announce:
-                publish(self.pointer, served)
+                self._publish()
         metrics.model_swapped(previous, served)
         log.info("now serving %s version %s (%s)", served.name, served.version, served.tag)
         return served
 
+    def start_rollout(self, candidate: Served, rollout: Rollout, announce: bool = False) -> None:
+        """Serve ``candidate`` beside the champion as ``rollout`` says (loaded and checked already)."""
+        with self._lock:
+            self.predictor.candidate = candidate
+            self.predictor.rollout = rollout
+            self.last_error, self._failed = None, None
+            if announce:
+                self._publish()
+        metrics.rollout_serving(rollout, serving=True)
+        log.info(
+            "rollout %s: version %s serves as the %s candidate (%g %%)",
+            rollout.id, candidate.version, rollout.mode, rollout.percent,
+        )  # fmt: skip
+
+    def end_rollout(self, announce: bool = False) -> None:
+        """Take the candidate out: the champion alone serves."""
+        with self._lock:
+            rollout = self.predictor.rollout
+            self.predictor.rollout = None
+            self.predictor.candidate = None
+            if announce:
+                self._publish()
+        if rollout is not None:
+            metrics.rollout_serving(rollout, serving=False)
+            log.info("rollout %s: the candidate left, the champion alone serves", rollout.id)
+
+    def _publish(self) -> None:
+        publish(self.pointer, self.predictor.current, self.predictor.candidate, self.predictor.rollout)
+
     def _target(self) -> dict[str, Any] | None:
-        """The version to serve as the leader published it (name, version, BentoML tag); None if none is."""
+        """The version to serve as the leader published it (name, version, BentoML tag, the rollout with
+        its candidate's tag); None if none is."""
         published = self._published()
         return published if published.get("tag") else None
 
@@ -197,11 +281,19 @@ class ChampionWatcher(Follower):
         self.registry = registry
 
     def _target(self) -> dict[str, Any] | None:
+        from mindtrace.rollout.state import ROLLOUT_TAG, Rollout
+
         try:
-            version = self.registry.alias_target(self.name, self.alias)
+            version, tags = self.registry.alias_and_tags(self.name, self.alias)
         except NotFoundError:
             return None  # nothing registered yet
-        return None if version is None else {"version": version}
+        if version is None:
+            return None
+        rollout = None
+        if ROLLOUT_TAG in tags:
+            state = Rollout.model_validate_json(tags[ROLLOUT_TAG])
+            rollout = state.model_dump(mode="json") if state.running else None
+        return {"version": version, "rollout": rollout}
 
     def _serving(self, target: dict[str, Any]) -> bool:
         current = self.predictor.current
@@ -209,6 +301,9 @@ class ChampionWatcher(Follower):
 
     def _load(self, target: dict[str, Any]) -> Served:
         return load_version(self.name, target["version"], self.registry)
+
+    def _load_candidate(self, spec: dict[str, Any], loaded: Served | None) -> Served:
+        return loaded or load_version(self.name, spec["candidate"], self.registry)
 
 
 def pointer_path(home: Path, model: str, alias: str) -> Path:
@@ -239,13 +334,19 @@ def prune_pointers(folder: Path) -> None:
             pass  # alive, and someone else's
 
 
-def publish(pointer: Path, served: Served | None) -> None:
-    """Write what is served (or that nothing is) to ``pointer``, atomically: never seen half-written."""
-    body = {
+def publish(
+    pointer: Path, served: Served | None, candidate: Served | None = None, rollout: Rollout | None = None
+) -> None:
+    """Write what is served (or that nothing is) to ``pointer``, atomically: never seen half-written. A
+    running rollout goes with it, its candidate's BentoML tag added."""
+    body: dict[str, Any] = {
         "name": served.name if served else None,
         "version": served.version if served else None,
         "tag": served.tag if served else None,
+        "rollout": None,
     }
+    if candidate is not None and rollout is not None:
+        body["rollout"] = {**rollout.model_dump(mode="json"), "candidate_tag": candidate.tag}
     with atomic_write(pointer) as tmp:
         tmp.write_text(json.dumps(body))
 

@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     ids TEXT NOT NULL,
     labels BLOB NOT NULL,
     probabilities BLOB NOT NULL,
-    pixels BLOB NOT NULL
+    pixels BLOB NOT NULL,
+    role TEXT NOT NULL DEFAULT 'answer',
+    answered BLOB
 );
 CREATE INDEX IF NOT EXISTS chunks_by_version ON chunks (model, version, last_at);
 CREATE INDEX IF NOT EXISTS chunks_by_time ON chunks (first_at, last_at);
@@ -65,6 +67,17 @@ CREATE TABLE IF NOT EXISTS feedback (
     pixels BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_by_version ON feedback (model, version, truth_at);
+CREATE TABLE IF NOT EXISTS serving_stats (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    role TEXT NOT NULL,
+    at REAL NOT NULL,
+    requests INTEGER NOT NULL,
+    images INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    latency BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stats_by_version ON serving_stats (model, version, at);
 CREATE TABLE IF NOT EXISTS retrain_triggers (
     model TEXT NOT NULL,
     version TEXT NOT NULL,
@@ -141,13 +154,34 @@ def feedback_digits(config: Config) -> tuple[np.ndarray, np.ndarray]:
 @dataclass(frozen=True)
 class Batch:
     """Predictions of one model version to log, oldest first: ``n`` ids (from :func:`new_ids`),
-    probabilities ``[n, 10]`` and the pixels the model took ``[n, 28, 28]`` (uint8)."""
+    probabilities ``[n, 10]`` and the pixels the model took ``[n, 28, 28]`` (uint8).
+
+    ``role`` is ``answer`` for predictions that answered a client, ``shadow`` for a rollout candidate's
+    predictions of the same requests (same ids), made off the answer path; ``answered`` then holds the labels
+    the clients were given, so that agreement is one read."""
 
     ids: Sequence[str]
     model: str
     version: str
     probabilities: np.ndarray
     pixels: np.ndarray
+    role: str = "answer"
+    answered: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What a version's model calls did over a time span: requests answered (or shadowed), their images,
+    the requests whose call failed, and the calls' latency histogram (``mindtrace.monitoring.latency``),
+    one count per request."""
+
+    model: str
+    version: str
+    role: str
+    requests: int
+    images: int
+    errors: int
+    latency: np.ndarray
 
 
 @dataclass
@@ -182,6 +216,10 @@ class PredictionLog:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+            if "role" not in columns:  # a log written before rollouts: its predictions all answered
+                db.execute("ALTER TABLE chunks ADD COLUMN role TEXT NOT NULL DEFAULT 'answer'")
+                db.execute("ALTER TABLE chunks ADD COLUMN answered BLOB")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -209,7 +247,31 @@ class PredictionLog:
             with self._connect() as db:
                 db.executemany(
                     "INSERT INTO chunks (model, version, first_at, last_at, n, ids, labels, probabilities,"
-                    " pixels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " pixels, role, answered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+    def write_stats(self, stats: Sequence[Stats], at: float | None = None) -> None:
+        """Add one flush's serving statistics, one row per version and role."""
+        at = time.time() if at is None else at
+        rows = [
+            (
+                s.model,
+                s.version,
+                s.role,
+                at,
+                s.requests,
+                s.images,
+                s.errors,
+                s.latency.astype("<i8").tobytes(),
+            )
+            for s in stats
+        ]
+        if rows:
+            with self._connect() as db:
+                db.executemany(
+                    "INSERT INTO serving_stats (model, version, role, at, requests, images, errors, latency)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
@@ -244,7 +306,8 @@ class PredictionLog:
         if when is None:
             return None
         rows = db.execute(
-            "SELECT rowid, model, version, ids FROM chunks WHERE first_at <= ? AND last_at >= ?",
+            "SELECT rowid, model, version, ids FROM chunks"
+            " WHERE first_at <= ? AND last_at >= ? AND role = 'answer'",
             (when + 0.001, when - 0.001),
         ).fetchall()
         for rowid, model, version, ids in rows:
@@ -270,6 +333,7 @@ class PredictionLog:
                     "SELECT coalesce(sum(n), 0) FROM chunks WHERE last_at < ?", cutoff
                 ).fetchone()[0]
                 db.execute("DELETE FROM chunks WHERE last_at < ?", cutoff)
+                db.execute("DELETE FROM serving_stats WHERE at < ?", cutoff)
             if retention.max_rows > 0:
                 doomed = db.execute(
                     "SELECT rowid, n FROM (SELECT rowid, n, sum(n) OVER (ORDER BY last_at DESC, rowid DESC)"
@@ -351,6 +415,52 @@ class PredictionLog:
         array = np.array(rows, dtype=np.int64).reshape(-1, 2)
         return array[:, 0], array[:, 1]
 
+    def stats_since(self, model: str, version: str, since: float) -> tuple[int, int, int, np.ndarray]:
+        """Requests, images, failed requests and the latency histogram of ``version`` since ``since``."""
+        requests = images = errors = 0
+        latency = np.zeros(0, dtype=np.int64)
+        with self._connect() as db:
+            cursor = db.execute(
+                "SELECT requests, images, errors, latency FROM serving_stats"
+                " WHERE model = ? AND version = ? AND at >= ?",
+                (model, version, since),
+            )
+            for r, i, e, blob in cursor:
+                requests, images, errors = requests + r, images + i, errors + e
+                counts = np.frombuffer(blob, dtype="<i8")
+                latency = counts + (latency if len(latency) == len(counts) else 0)
+        return requests, images, errors, latency
+
+    def feedback_since(self, model: str, version: str, since: float) -> dict[str, tuple[int, int]]:
+        """Prediction id -> (predicted, true label) of ``version``'s answers made since ``since``."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id, label, truth FROM feedback WHERE model = ? AND version = ? AND at >= ?",
+                (model, version, since),
+            ).fetchall()
+        return {pid: (label, truth) for pid, label, truth in rows}
+
+    def shadow_since(
+        self, model: str, version: str, since: float
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``version``'s shadow predictions since ``since``: their ids, its labels, and the labels the
+        clients were given for the same requests."""
+        ids: list[str] = []
+        labels, answered = [], []
+        with self._connect() as db:
+            cursor = db.execute(
+                "SELECT ids, labels, answered FROM chunks"
+                " WHERE model = ? AND version = ? AND role = 'shadow' AND last_at >= ?",
+                (model, version, since),
+            )
+            for chunk_ids, chunk_labels, chunk_answered in cursor:
+                ids.extend(split_ids(chunk_ids))
+                labels.append(np.frombuffer(chunk_labels, dtype=np.uint8))
+                answered.append(np.frombuffer(chunk_answered, dtype=np.uint8))
+        if not labels:
+            return [], np.empty(0, np.uint8), np.empty(0, np.uint8)
+        return ids, np.concatenate(labels), np.concatenate(answered)
+
     def labelled_inputs(self, since: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Every logged input with a feedback label given after ``since``: pixels [n, 28, 28], true labels."""
         with self._connect() as db:
@@ -365,6 +475,7 @@ def _chunk(batch: Batch) -> tuple:
     """A ``chunks`` row: the batch's columns as blobs, its time span from its ids."""
     times = [id_time(pid) or 0.0 for pid in (batch.ids[0], batch.ids[-1])]
     probs = np.ascontiguousarray(batch.probabilities, dtype="<f4")
+    answered = None if batch.answered is None else np.asarray(batch.answered, dtype=np.uint8).tobytes()
     return (
         batch.model,
         batch.version,
@@ -375,4 +486,6 @@ def _chunk(batch: Batch) -> tuple:
         probs.argmax(axis=1).astype(np.uint8).tobytes(),
         probs.tobytes(),
         np.ascontiguousarray(batch.pixels, dtype=np.uint8).tobytes(),
+        batch.role,
+        answered,
     )

@@ -163,6 +163,14 @@ class Registry(AliasMoves):
         """
         return model_aliases(self._registered(self.model_name(name))).get(alias)
 
+    def alias_and_tags(
+        self, name: str | None = None, alias: str = "champion"
+    ) -> tuple[str | None, dict[str, str]]:
+        """Where ``alias`` points and the model's tags, in one registry call: what the service polls to
+        follow the champion and a rollout (``mindtrace.rollout``)."""
+        model = self._registered(self.model_name(name))
+        return model_aliases(model).get(alias), dict(model.tags or {})
+
     def compare(self, name: str | None, a: str | int, b: str | int) -> Comparison:
         """Versions ``a`` and ``b`` side by side: each metric with ``b - a``, and the differing parameters."""
         name = self.model_name(name)
@@ -245,6 +253,16 @@ class Registry(AliasMoves):
         name = self.model_name(name)
         with mlflow_errors(f"model {name!r} has no version {version}"):
             self.client.delete_model_version(name, version)
+
+    def model_tags(self, name: str | None = None) -> dict[str, str]:
+        """A registered model's tags (the alias log's entries included), in one registry call."""
+        return dict(self._registered(self.model_name(name)).tags or {})
+
+    def set_model_tag(self, name: str | None, key: str, value: str) -> None:
+        """Set one tag on a registered model (a rollout's state: ``mindtrace.rollout``)."""
+        name = self.model_name(name)
+        with mlflow_errors(f"no registered model named {name!r}"):
+            self.client.set_registered_model_tag(name, key, value)
 
     def set_version_tags(self, name: str | None, version: str, tags: dict[str, str]) -> None:
         """Set tags on a version (the gate's decision, the test accuracy), leaving its other tags alone.

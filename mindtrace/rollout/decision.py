@@ -1,0 +1,122 @@
+"""A rollout's evidence, gathered from the prediction log, and the decision it leads to.
+
+Every worker of every replica writes its predictions (answers and shadow predictions) and its model calls'
+counts and latencies into the shared prediction log (``mindtrace.monitoring.store``), so the evidence is the
+same whoever gathers it: the service's leader worker, another replica's, or ``mindtrace rollout status``.
+
+- requests, errors, p99: each version's model calls since the rollout started;
+- live accuracy: feedback labels on each version's answers (canary); in shadow mode both versions are judged
+  on the same labelled requests, the candidate through its shadow prediction of each;
+- agreement (shadow): the share of shadowed requests where the candidate gave the label the client got.
+
+>>> evidence = gather(PredictionLog(path), rollout)        # doctest: +SKIP
+>>> decide(rollout.criteria, rollout.mode, evidence)          # doctest: +SKIP
+('rolled-back', 'the candidate fell short: accuracy 0.1020 < 0.8710 - 0.0000')
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mindtrace.monitoring import latency
+from mindtrace.monitoring.store import PredictionLog
+from mindtrace.rollout.state import Criteria, Evidence, Mode, Rollout, Status, VersionEvidence
+
+Decision = tuple[Status, str]
+
+
+def gather(log: PredictionLog, rollout: Rollout, now: float | None = None) -> Evidence:
+    """The evidence of ``rollout`` so far."""
+    now = time.time() if now is None else now
+    since = rollout.started_at.timestamp()
+    model, champion, candidate = rollout.model, rollout.champion, rollout.candidate
+    champion_labels = log.feedback_since(model, champion, since)
+    agreement, compared = None, 0
+    if rollout.mode == "shadow":
+        ids, labels, answered = log.shadow_since(model, candidate, since)
+        if len(ids):
+            agreement, compared = float(np.mean(labels == answered)), len(ids)
+        shadowed = dict(zip(ids, labels.tolist(), strict=True))
+        # Both judged on the same requests: the labelled ones the candidate also predicted.
+        both = [pid for pid in champion_labels if pid in shadowed]
+        champion_pairs = [champion_labels[pid] for pid in both]
+        candidate_pairs = [(shadowed[pid], champion_labels[pid][1]) for pid in both]
+    else:
+        champion_pairs = list(champion_labels.values())
+        candidate_pairs = list(log.feedback_since(model, candidate, since).values())
+    first = _version(log, model, champion, since, champion_pairs)
+    second = _version(log, model, candidate, since, candidate_pairs)
+    total = first.requests + (second.requests if rollout.mode == "canary" else 0)
+    return Evidence(
+        seconds=round(now - since, 1),
+        champion=first,
+        candidate=second,
+        share=round(second.requests / total, 4) if total else None,
+        agreement=agreement,
+        compared=compared,
+    )
+
+
+def _version(
+    log: PredictionLog, model: str, version: str, since: float, pairs: list[tuple[int, int]]
+) -> VersionEvidence:
+    requests, images, errors, counts = log.stats_since(model, version, since)
+    p99 = latency.quantile(counts, 0.99) if len(counts) else None
+    correct = sum(predicted == truth for predicted, truth in pairs)
+    return VersionEvidence(
+        version=version,
+        requests=requests,
+        images=images,
+        errors=errors,
+        error_rate=round(errors / requests, 6) if requests else None,
+        p99_ms=None if p99 is None else round(p99 * 1000, 3),
+        labelled=len(pairs),
+        accuracy=round(correct / len(pairs), 6) if pairs else None,
+    )
+
+
+def decide(criteria: Criteria, mode: Mode, evidence: Evidence) -> Decision | None:
+    """``(status, reason)`` once the evidence suffices or time is up; None to keep collecting."""
+    champion, candidate = evidence.champion, evidence.candidate
+    missing = []
+    if candidate.requests < criteria.min_requests:
+        missing.append(f"{candidate.requests}/{criteria.min_requests} candidate requests")
+    for who, v in (("champion", champion), ("candidate", candidate)):
+        if v.labelled < criteria.min_labels:
+            missing.append(f"{v.labelled}/{criteria.min_labels} {who} feedback labels")
+    if missing:
+        if evidence.seconds >= criteria.max_minutes * 60:
+            late = f"not enough evidence after {criteria.max_minutes:g} min"
+            return "rolled-back", f"{late}: {', '.join(missing)}"
+        return None
+    checks = _checks(criteria, mode, evidence)
+    failed = [text for ok, text in checks if not ok]
+    if failed:
+        return "rolled-back", "the candidate fell short: " + "; ".join(failed)
+    return "promoted", "every check passed: " + "; ".join(text for _, text in checks)
+
+
+def _checks(criteria: Criteria, mode: Mode, evidence: Evidence) -> list[tuple[bool, str]]:
+    champion, candidate = evidence.champion, evidence.candidate
+    checks = []
+    if champion.accuracy is not None and candidate.accuracy is not None:
+        ok = candidate.accuracy >= champion.accuracy - criteria.accuracy_margin
+        sign = ">=" if ok else "<"
+        margin = criteria.accuracy_margin
+        text = f"accuracy {candidate.accuracy:.4f} {sign} {champion.accuracy:.4f} - {margin:.4f}"
+        checks.append((ok, text))
+    if mode == "shadow" and evidence.agreement is not None:
+        ok = evidence.agreement >= criteria.min_agreement
+        sign = ">=" if ok else "<"
+        checks.append((ok, f"agreement {evidence.agreement:.4f} {sign} {criteria.min_agreement:.4f}"))
+    ours, theirs = candidate.error_rate or 0.0, champion.error_rate or 0.0
+    ok = ours <= theirs + criteria.error_margin
+    checks.append((ok, f"errors {ours:.4f} {'<=' if ok else '>'} {theirs:.4f} + {criteria.error_margin:.4f}"))
+    if candidate.p99_ms is not None and champion.p99_ms is not None:
+        ok = candidate.p99_ms <= champion.p99_ms + criteria.p99_margin_ms
+        sign = "<=" if ok else ">"
+        margin = criteria.p99_margin_ms
+        checks.append((ok, f"p99 {candidate.p99_ms:.1f} ms {sign} {champion.p99_ms:.1f} ms + {margin:g} ms"))
+    return checks
