@@ -272,17 +272,26 @@ class Bench:
     # --- load -----------------------------------------------------------------------------------------------
 
     def point(
-        self, s: Server, scenario: str, connections: int, round_: int, seconds: int, mixed: Path | None = None
+        self,
+        s: Server,
+        scenario: str,
+        connections: int,
+        round_: int,
+        seconds: int,
+        mixed: Path | None = None,
+        tag: str = "",
     ) -> Point:
         """One wrk run against ``s``, recorded: digits (one or a batch, by ``scenario``), or the ``mixed``
-        requests of that file."""
+        requests of that file. ``tag`` tells apart, in the log's name, two points of one scenario in a
+        round (the rollout benchmark's two points with the shadow off)."""
         assert s.proc is not None
         images = self.options.batch_images if scenario == "batch" else 1
         api = "v2" if scenario == "v2" else s.api
         bodies, route, script = self.bodies[api, images], self.requests[api, images][0].route, self.script
         if mixed:
             bodies, route, script = mixed, "", self.mixed_script
-        log = self.logs / "wrk" / f"{s.name}-{scenario}-{connections}-r{round_}.log".replace(" ", "-")
+        name = f"{s.name}-{scenario}-{connections}-r{round_}{'-' + tag if tag else ''}.log"
+        log = self.logs / "wrk" / name.replace(" ", "-")
         with Meter(s.proc.pid) as server_meter:
             result = run_wrk(s.url, bodies, route, connections, seconds, script, log)
         usage = server_meter.usage

@@ -71,6 +71,7 @@ class JobState(BaseModel):
     registered_version: str | None = None
     promoted: bool | None = None
     decision_reason: str | None = None
+    rollout: str | None = Field(default=None, description="the rollout the gate started instead of promoting")
     error: str | None = None
     pid: int | None = None
 
@@ -268,9 +269,9 @@ def run_job(folder: Path) -> int:
 
     try:
         summary = train_and_register(request, callbacks=[Progress()], progress=False)
-        if summary.get("promoted"):
-            # The service swaps in a new champion once it is in the BentoML store; importing it here, where
-            # torch is loaded already, spares every worker the import (DESIGN.md, "Hot-swap").
+        if summary.get("promoted") or summary.get("rollout"):
+            # The service swaps in a new champion (or a rollout's candidate) once it is in the BentoML store;
+            # importing it here, where torch is loaded already, spares every worker the import (DESIGN.md).
             from mindtrace.registry import import_version
 
             store.update(job_id, stage="import")
@@ -290,6 +291,7 @@ def run_job(folder: Path) -> int:
         registered_version=summary.get("registered_version"),
         promoted=summary.get("promoted"),
         decision_reason=summary.get("gate_reason"),
+        rollout=summary.get("rollout"),
     )
     return 0
 

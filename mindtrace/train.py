@@ -142,7 +142,8 @@ def train_and_register(
     """Train, record the run in MLflow, register the new version and let the promotion gate decide.
 
     Returns a flat summary: test metrics, ``mlflow_run_id``, ``registered_model``, ``registered_version``,
-    ``aliases``, ``promoted`` and ``gate_reason`` (the last five only when a version was registered).
+    ``aliases``, ``promoted`` and ``gate_reason`` (the last five only when a version was registered), and
+    ``rollout`` when the gate started a staged rollout rather than promoting (``PromotionPolicy.rollout``).
 
     >>> summary = train_and_register(TrainRequest(epochs=1, promotion={"policy": "never"}))  # doctest: +SKIP
     >>> summary["promoted"]                                                                  # doctest: +SKIP
@@ -180,6 +181,8 @@ def train_and_register(
     if tracker.decision is not None:
         summary["promoted"] = tracker.decision.promoted
         summary["gate_reason"] = tracker.decision.reason
+        if tracker.decision.rollout:
+            summary["rollout"] = tracker.decision.rollout
     return summary
 
 

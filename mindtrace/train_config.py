@@ -157,6 +157,14 @@ class PromotionPolicy(BaseModel):
     min_accuracy: Float = Field(
         0.9, ge=0, le=1, description="test accuracy the first champion needs (if-better, no champion yet)"
     )
+    rollout: Literal["none", "shadow", "canary"] = Field(
+        "none",
+        description="none: a version that passes becomes champion at once; shadow or canary: it starts a "
+        "rollout instead, and live traffic confirms (promotes) or rolls it back ([ROLLOUT] criteria)",
+    )
+    rollout_percent: Float | None = Field(
+        None, ge=0, le=100, description="the rollout's share of requests (default: canary 10, shadow 100)"
+    )
 
     @classmethod
     def from_config(cls, config: Config | None = None) -> PromotionPolicy:
@@ -167,6 +175,8 @@ class PromotionPolicy(BaseModel):
             metric=section["METRIC"],
             margin=section.getfloat("MARGIN"),
             min_accuracy=section.getfloat("MIN_ACCURACY"),
+            rollout=section.get("ROLLOUT", "none"),
+            rollout_percent=section.getfloat("ROLLOUT_PERCENT") if section.get("ROLLOUT_PERCENT") else None,
         )
 
 

@@ -263,7 +263,7 @@ class Mindtrace:
 
     def job_finished(self, state: JobState) -> None:
         metrics.job_finished(state.status)
-        if state.promoted:
+        if state.promoted or state.rollout:
             self.watcher.wake()
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from mindtrace.cli import monitor as monitor_command
 from mindtrace.cli import registry as registry_commands
+from mindtrace.cli import rollout as rollout_commands
 from mindtrace.cli.output import console, key_value_table, table
 from mindtrace.config import Config
 from mindtrace.data.fetch import MnistUnavailableError
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     registry_commands.add_commands(commands)
+    rollout_commands.add_commands(commands)
     monitor_command.add_command(commands)
 
     p = commands.add_parser("data", help="the MNIST cache")

@@ -106,16 +106,42 @@ def review(
         champion_score=_score(champion, policy.metric),
         evaluated_on=evaluated_on,
     )
+    if promoted and policy.rollout != "none" and champion_version is not None:
+        decision = _roll_out(registry, name, policy, decision)
     registry.set_version_tags(name, version, decision_tags(decision))
-    if promoted:
+    if decision.promoted:
         registry.set_alias(name, CHAMPION, version, reason=f"promotion gate: {reason}")
         registry.remove_alias(name, CHALLENGER, reason=f"promoted to {CHAMPION}")
     return decision
 
 
+def _roll_out(registry: Registry, name: str, policy: PromotionPolicy, decision: GateDecision) -> GateDecision:
+    """Start a staged rollout of a version that passed, instead of promoting it (``policy.rollout``): it
+    stays ``challenger`` and live traffic decides. A rollout that cannot start (another one runs) leaves it
+    challenger, and the reason says so."""
+    from mindtrace.rollout import Criteria, RolloutRequest, start
+
+    request = RolloutRequest(
+        **Criteria.from_config(registry.config).model_dump(),
+        version=decision.challenger_version,
+        mode=policy.rollout,
+        percent=policy.rollout_percent,
+    )
+    try:
+        rollout = start(registry, name, request, actor="promotion gate")
+    except RegistryError as exc:
+        reason = (
+            f"{decision.reason}; but no {policy.rollout} rollout could start, so it stays {CHALLENGER}: {exc}"
+        )
+        return decision.model_copy(update={"promoted": False, "reason": reason})
+    reason = f"{decision.reason}; a {rollout.mode} rollout ({rollout.id}) confirms it on live traffic first"
+    return decision.model_copy(update={"promoted": False, "reason": reason, "rollout": rollout.id})
+
+
 def decision_tags(decision: GateDecision) -> dict[str, str]:
     """The decision as flat string tags (``mindtrace.gate.decision = promoted``...), for versions and runs."""
-    tags = {f"{GATE_TAG_PREFIX}decision": "promoted" if decision.promoted else "rejected"}
+    verdict = "promoted" if decision.promoted else "rollout" if decision.rollout else "rejected"
+    tags = {f"{GATE_TAG_PREFIX}decision": verdict}
     for key, value in decision.model_dump(exclude={"promoted"}).items():
         if value is not None:
             tags[f"{GATE_TAG_PREFIX}{key}"] = f"{value:.6f}" if isinstance(value, float) else str(value)

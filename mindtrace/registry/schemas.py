@@ -93,3 +93,6 @@ class GateDecision(BaseModel):
     champion_version: str | None
     champion_score: float | None
     evaluated_on: str = Field(description="the test set both models were scored on")
+    rollout: str | None = Field(
+        None, description="the rollout started instead of an immediate promotion (policy option rollout)"
+    )
