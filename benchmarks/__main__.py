@@ -1,9 +1,10 @@
-"""The benchmark commands: ``python -m benchmarks serve|train|formats|drift|predlog`` (also
+"""The benchmark commands: ``python -m benchmarks serve|train|formats|drift|predlog|rollout`` (also
 ``mindtrace bench ...``).
 
 >>> main(["serve", "--out", "benchmarks/results", "--markdown", "BENCHMARKS.md"])   # doctest: +SKIP
 >>> main(["drift", "--out", "benchmarks/results"])   # doctest: +SKIP
 >>> main(["serve", "--servers", "mindtrace", "fastapi", "--soak-seconds", "0"])   # doctest: +SKIP
+>>> main(["rollout", "--rounds", "3", "--seconds", "10"])   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -111,6 +112,30 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5, help="timed reads and feedback calls; the median counts")
     b.add_argument("--formats", nargs="+", choices=PREDLOG_FORMATS, default=list(PREDLOG_FORMATS))
     b.set_defaults(func=cmd_predlog)
+
+    b = commands.add_parser(
+        "rollout",
+        help="the cost of a shadow rollout: the champion's latency and throughput with a shadow on and off",
+        description=(
+            "Trains two versions (the training options below; --epochs defaults to 1 here) in a scratch home "
+            "under --work, serves the first, and drives it with wrk with a shadow rollout of the second on "
+            "and off in turn. Writes OUT/rollout.json and OUT/rollout.md. Needs wrk."
+        ),
+    )
+    b.add_argument("--out", default="bench-out/rollout", help="folder for rollout.json and rollout.md")
+    b.add_argument("--work", default="bench-out/work-rollout", help="scratch home, model store, bodies, logs")
+    b.add_argument("--connections", type=int, default=32, help="wrk connections of every point")
+    b.add_argument("--seconds", type=int, default=10, help="length of each point (whole seconds)")
+    b.add_argument(
+        "--rounds", type=int, default=3, help="rounds of off, shadow, off (rotated); medians count"
+    )
+    b.add_argument("--warmup-seconds", type=int, default=3, help="unrecorded load first, shadow off then on")
+    b.add_argument("--digits", type=int, default=1000, help="MNIST test digits the requests cycle through")
+    b.add_argument("--workers", type=int, default=2, help="the service's worker processes")
+    b.add_argument("--checks", type=int, default=200, help="answers read one by one after each shadow point")
+    b.add_argument("--percent", type=float, default=100.0, help="share of requests the candidate shadows")
+    add_train_options(b)
+    b.set_defaults(func=cmd_rollout)
     return parser
 
 
@@ -207,6 +232,40 @@ def cmd_predlog(args: argparse.Namespace) -> int:
     console.print(results_table(results))
     json_path = write_results(results, Path(args.out).resolve())
     console.print(f"results: {json_path}", highlight=False)
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from benchmarks.rollout import (
+        DEFAULT_EPOCHS,
+        RolloutOptions,
+        results_table,
+        run_rollout_benchmark,
+        shadows_table,
+    )
+
+    if args.epochs is None:  # two real versions that differ a little; their accuracy is not the point
+        args.epochs = DEFAULT_EPOCHS
+    options = RolloutOptions(
+        out=Path(args.out).resolve(),
+        work=Path(args.work).resolve(),
+        connections=args.connections,
+        seconds=args.seconds,
+        rounds=args.rounds,
+        warmup_seconds=args.warmup_seconds,
+        digits=args.digits,
+        workers=args.workers,
+        checks=args.checks,
+        percent=args.percent,
+    )
+    command = f"{args.prog} rollout {shlex.join(args.argv)}".strip()
+    results = run_rollout_benchmark(options, train_config_from_args(args), command)
+    console.print(results_table(results))
+    console.print(shadows_table(results))
+    console.print(
+        f"results: {options.out / 'rollout.json'}, {options.out / 'rollout.md'} ({results['minutes']} min)",
+        highlight=False,
+    )
     return 0
 
 

@@ -148,6 +148,8 @@ def guarded_by(method: str, path: str) -> str | None:
     ('api', None)
     >>> guarded_by("POST", "/v2/models/mnist-mlp/infer"), guarded_by("GET", "/v2/models/mnist-mlp")
     ('inference', None)
+    >>> guarded_by("DELETE", "/registry/models/mnist-mlp/rollout"), guarded_by("GET", "/registry/models")
+    ('api', None)
     """
     if path in INFERENCE_PATHS or (method == "POST" and path.startswith("/v2/") and path.endswith("/infer")):
         return "inference"

@@ -691,3 +691,44 @@ def test_the_documented_filter_pattern_admits_exactly_what_the_parser_accepts(te
 @given(st.from_regex(ORDER_PATTERN) | st.text(max_size=30) | st.sampled_from(["", "  ", "version DESC"]))
 def test_the_documented_ordering_pattern_admits_exactly_what_the_parser_accepts(text):
     assert bool(re.search(ORDER_PATTERN, text)) == _accepted(parse_order, text), repr(text)
+
+
+# --- a staged rollout's state in the registry ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_rollout_lives_in_the_registry_and_ends_once(store):
+    from mindtrace.rollout import RolloutRequest, current, finish, start
+
+    registry, name = store.registry, _copy_model(store, 3)
+    request = RolloutRequest(version="2", mode="canary", percent=10)
+    with pytest.raises(ConflictError, match="no champion"):
+        start(registry, name, request)
+    registry.set_alias(name, "champion", "1")
+    with pytest.raises(InvalidQueryError, match="champion already"):
+        start(registry, name, request.model_copy(update={"version": "champion"}))
+
+    rollout = start(registry, name, request, actor="tester")
+    assert (rollout.champion, rollout.candidate, rollout.status) == ("1", "2", "running")
+    assert current(registry, name) == rollout and registry.alias_target(name, "challenger") == "2"
+    with pytest.raises(ConflictError, match=f"rollout {rollout.id}"):
+        start(registry, name, request.model_copy(update={"version": "3"}))
+
+    ended, changed = finish(registry, name, rollout.id, "promoted", "better on every count", actor="tester")
+    assert changed and ended.status == "promoted" and ended.ended_by == "tester"
+    assert (
+        registry.alias_target(name, "champion") == "2" and registry.alias_target(name, "challenger") is None
+    )
+    assert registry.get_version(name, "2").tags["mindtrace.rollout.status"] == "promoted"
+    # A second decision (another replica's, a person's stop) changes nothing.
+    again, changed = finish(registry, name, rollout.id, "rolled-back", "late", actor="other replica")
+    assert not changed and again.status == "promoted" and current(registry, name).status == "promoted"
+    # The champion's moves are in the alias log, so a rollback of the promotion is exact.
+    assert registry.rollback(name, "champion").version == "1"
+
+    second = start(registry, name, request.model_copy(update={"version": "3", "mode": "shadow"}))
+    assert second.percent == 10 and second.mode == "shadow"
+    ended, changed = finish(registry, name, second.id, "rolled-back", "worse")
+    assert changed and registry.alias_target(name, "champion") == "1"
+    assert registry.alias_target(name, "challenger") is None
+    assert registry.get_version(name, "3").tags["mindtrace.rollout.reason"] == "worse"
