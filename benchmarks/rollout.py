@@ -58,6 +58,7 @@ DEFAULT_EPOCHS = 1  # the versions only need to be real and to differ a little, 
 # Criteria a rollout cannot meet while the benchmark runs: no feedback is sent, so it never has the labels
 # to decide on, and it would only time out after a week.
 NEVER_DECIDES = {"min_requests": 10_000_000, "min_labels": 1_000_000, "max_minutes": 10_080}
+FLUSH_PAUSE_SECONDS = 2.5  # [MONITORING] FLUSH_SECONDS is 1: every worker has written its log by then
 SETTLE_SECONDS = 30  # for every worker to follow a rollout's start or end (the swap poll is 2 s)
 
 
@@ -170,6 +171,7 @@ class ShadowCheck:
     champion_p99_ms: float | None
     dropped: float  # shadow predictions dropped, the shadow queue being full (mindtrace_shadow_dropped)
     wrk_requests: int
+    evidence_ms: float = 0.0  # how long GET .../rollout took to gather this evidence
 
 
 class RolloutBench:
@@ -196,6 +198,7 @@ class RolloutBench:
         self.texts: list[str] = []
         self.server: Server | None = None
         self.checks: list[ShadowCheck] = []
+        self.others: list[dict[str, Any]] = []  # per point: the CPU other processes used meanwhile
         self.warnings: list[str] = []
 
     @property
@@ -362,13 +365,13 @@ class RolloutBench:
                 problem = problem or f"digit {digit}: HTTP {response.status_code} {response.text[:200]}"
                 continue
             read += 1
-            named += version == champion
-            same += label == mine[digit]
+            named += int(version == champion)
+            same += int(label == mine[digit])
             if version != champion and not problem:
                 problem = f"digit {digit}: answered by version {version}, not the champion {champion}"
             elif label != mine[digit] and not problem:
                 problem = f"digit {digit}: label {label}, the champion's offline label {mine[digit]}"
-        differing = sum(bool(mine[d] != theirs[d]) for d in digits)
+        differing = sum(int(mine[d] != theirs[d]) for d in digits)
         return read, named, same, differing, problem
 
     # --- load -----------------------------------------------------------------------------------------------
@@ -402,27 +405,45 @@ class RolloutBench:
 
     def rounds(self) -> None:
         """The rounds: off, shadow, off, rotated; a shadow point begins and ends its own rollout."""
-        bench, s, o = self.bench, self.server, self.options
-        assert s is not None
+        o = self.options
         for round_ in range(1, o.rounds + 1):
             console.rule(f"[bold]round {round_} of {o.rounds}")
             for position, condition in enumerate(round_order(round_), 1):
+                # Call counts are logged with the time of the flush (every second) that writes them: a pause
+                # lets the last point's be written before a rollout starts, not counted in its evidence. Every
+                # point gets it, so each begins on a server idle as long.
+                time.sleep(FLUSH_PAUSE_SECONDS)
                 if condition == OFF:
-                    bench.point(s, OFF, o.connections, round_, o.seconds, tag=f"p{position}")
+                    self.point(OFF, round_, position)
                     continue
                 dropped = self.shadow_dropped()
                 rollout_id, following = self.start_shadow()
-                point = bench.point(s, SHADOW, o.connections, round_, o.seconds, tag=f"p{position}")
+                point = self.point(SHADOW, round_, position)
                 self.checks.append(self._evidence(round_, rollout_id, following, point, dropped))
                 self.stop_shadow()
+
+    def point(self, condition: str, round_: int, position: int) -> Point:
+        """One wrk point (``benchmarks.serve.Bench.point``), and what the rest of the machine used meanwhile:
+        its busy CPU time but the server's and wrk's, so other processes on the two cores, and the kernel's
+        loopback work for this traffic (not metered as the server's)."""
+        assert self.server is not None
+        o = self.options
+        before, started = _busy_seconds(), time.monotonic()
+        point = self.bench.point(self.server, condition, o.connections, round_, o.seconds, tag=f"p{position}")
+        busy = (_busy_seconds() - before) / (time.monotonic() - started)
+        others = max(0.0, busy - point.server_cpu - point.wrk.cpu)
+        self.others.append({"round": round_, "scenario": condition, "others_cpu": round(others, 3)})
+        return point
 
     def _evidence(
         self, round_: int, rollout_id: str, following: int, point: Point, dropped: float
     ) -> ShadowCheck:
         """The answers checked, then the rollout's evidence once the workers have flushed their logs."""
         read, named, same, differing, problem = self.check_answers()
-        time.sleep(2.5)  # each worker writes its prediction log and call counts every second
+        time.sleep(FLUSH_PAUSE_SECONDS)  # each worker writes its log and call counts every second
+        asked = time.perf_counter()
         state = requests.get(self.rollout_url, timeout=60).json()
+        evidence_ms = 1000 * (time.perf_counter() - asked)
         evidence = state.get("evidence") or {}
         champion, candidate = evidence.get("champion") or {}, evidence.get("candidate") or {}
         check = ShadowCheck(
@@ -444,6 +465,7 @@ class RolloutBench:
             champion_p99_ms=champion.get("p99_ms"),
             dropped=self.shadow_dropped() - dropped,
             wrk_requests=point.wrk.requests,
+            evidence_ms=round(evidence_ms, 1),
         )
         ok = named == read == self.options.checks and not problem and check.status == "running"
         console.print(
@@ -457,6 +479,14 @@ class RolloutBench:
             highlight=False,
         )
         return check
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the machine has been busy, all cores (guest time is inside user time already)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 def _pct(x: float | None) -> str:
@@ -489,8 +519,14 @@ def run_rollout_benchmark(
     points = [p for p in run.bench.points if p.scenario in CONDITIONS]
     rows = medians(points)
     rows.sort(key=lambda r: CONDITIONS.index(r["scenario"]))
+    for row in rows:  # the machine's other processes, beside each condition's medians
+        others = [x["others_cpu"] for x in run.others if x["scenario"] == row["scenario"]]
+        row["others_cpu"] = statistics.median(others) if others else None
+        row["others_cpu_max"] = max(others) if others else None
     found = ratios(rows)
-    point_dicts = [asdict(p) for p in points]
+    point_dicts = [
+        {**asdict(p), "others_cpu": x["others_cpu"]} for p, x in zip(points, run.others, strict=True)
+    ]
     results = {
         "benchmark": "rollout",
         "command": command,
@@ -529,33 +565,47 @@ def results_table(results: dict[str, Any]) -> Table:
         caption=_verdict(results),
     )
     for column in ("condition", "points", "req/s", "req/s each", "p50 ms", "p90 ms", "p99 ms", "p99 each",
-                   "max ms", "errors", "server CPU", "wrk CPU"):  # fmt: skip
+                   "max ms", "errors", "server CPU", "wrk CPU", "others CPU"):  # fmt: skip
         table.add_column(column, justify="left" if column == "condition" else "right")
     for row in results["medians"]:
         table.add_row(*_cells(row))
     table.add_row(
         "shadow / off", "", _ratio(r["rps"]), "", _ratio(r["p50"]), _ratio(r["p90"]), _ratio(r["p99"]), "",
-        _ratio(r["max"]), "", "", "",
+        _ratio(r["max"]), "", "", "", "",
     )  # fmt: skip
     return table
+
+
+SHADOW_COLUMNS = ("round", "workers following", "answers by the champion", "differing digits",
+                  "champion requests", "shadowed", "share", "agreement", "candidate call p99 ms", "dropped",
+                  "status", "GET rollout ms")  # fmt: skip
 
 
 def shadows_table(results: dict[str, Any]) -> Table:
     """One row per shadow point: what the clients got, and the rollout's evidence that the shadow ran."""
     table = Table(title="each shadow point: the answers checked, and GET .../rollout just after")
-    columns = ("round", "workers", "answers by the champion", "differing digits", "champion requests",
-               "shadowed", "share", "agreement", "candidate call p99 ms", "dropped", "status")  # fmt: skip
-    for column in columns:
+    for column in SHADOW_COLUMNS:
         table.add_column(column, justify="right")
     for c in results["shadows"]:
-        table.add_row(
-            str(c["round"]), str(c["workers_following"]), f"{c['champion_answers']}/{c['checked']}",
-            str(c["differing_digits"]), f"{c['champion_requests']:,}", f"{c['shadowed']:,}",
-            _pct(c["share"]), _pct(c["agreement"]),
-            "-" if c["candidate_p99_ms"] is None else f"{c['candidate_p99_ms']:.1f}",
-            f"{c['dropped']:,.0f}", c["status"],
-        )  # fmt: skip
+        table.add_row(*_shadow_cells(c))
     return table
+
+
+def _shadow_cells(c: dict[str, Any]) -> list[str]:
+    return [
+        str(c["round"]),
+        str(c["workers_following"]),
+        f"{c['champion_answers']}/{c['checked']}",
+        str(c["differing_digits"]),
+        f"{c['champion_requests']:,}",
+        f"{c['shadowed']:,}",
+        _pct(c["share"]),
+        _pct(c["agreement"]),
+        "-" if c["candidate_p99_ms"] is None else f"{c['candidate_p99_ms']:.1f}",
+        f"{c['dropped']:,.0f}",
+        c["status"],
+        f"{c.get('evidence_ms', 0):.0f}",
+    ]
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
@@ -573,6 +623,9 @@ def _cells(row: dict[str, Any]) -> list[str]:
         f"{row['error_count']:,}",
         f"{row['server_cpu']:.2f}",
         f"{row['wrk_cpu']:.2f}{flag}",
+        "-"
+        if row.get("others_cpu") is None
+        else f"{row['others_cpu']:.2f} (max {row['others_cpu_max']:.2f})",
     ]
 
 
@@ -595,30 +648,36 @@ def _verdict(results: dict[str, Any]) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """The conditions' medians and the ratios as a Markdown table (BENCHMARKS.md's)."""
-    head = ("| condition | points | req/s | req/s each point | p50 ms | p90 ms | p99 ms | p99 each point | "
-            "max ms | errors | server CPU (cores) | wrk CPU |")  # fmt: skip
-    lines = [head, "|---" * 12 + "|"]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in results["medians"]]
+    """The conditions' medians and ratios, and the shadow points, as Markdown tables (BENCHMARKS.md's)."""
+    columns = ("condition", "points", "req/s", "req/s each point", "p50 ms", "p90 ms", "p99 ms",
+               "p99 each point", "max ms", "errors", "server CPU", "wrk CPU", "others CPU")  # fmt: skip
     r = results["ratios"]
-    lines.append(
-        f"| shadow / off | | {_ratio(r['rps'])} | | {_ratio(r['p50'])} | {_ratio(r['p90'])} | "
-        f"{_ratio(r['p99'])} | | {_ratio(r['max'])} | | | |"
-    )
-    lines += [
+    ratio_row = [
+        "shadow / off",
         "",
-        "| round | workers following | answers by the champion | differing digits | champion requests | "
-        "shadowed | share | agreement | candidate call p99 ms | dropped | status |",
-        "|---" * 11 + "|",
+        _ratio(r["rps"]),
+        "",
+        _ratio(r["p50"]),
+        _ratio(r["p90"]),
+        _ratio(r["p99"]),
     ]
-    for c in results["shadows"]:
-        p99 = "-" if c["candidate_p99_ms"] is None else f"{c['candidate_p99_ms']:.1f}"
-        lines.append(
-            f"| {c['round']} | {c['workers_following']} | {c['champion_answers']}/{c['checked']} | "
-            f"{c['differing_digits']} | {c['champion_requests']:,} | {c['shadowed']:,} | "
-            f"{_pct(c['share'])} | {_pct(c['agreement'])} | {p99} | {c['dropped']:,.0f} | {c['status']} |"
-        )
-    return "\n".join(lines) + "\n\n" + _verdict(results).replace("\n", "  \n") + "\n"
+    ratio_row += ["", _ratio(r["max"]), "", "", "", ""]
+    rows = [_cells(row) for row in results["medians"]] + [ratio_row]
+    shadows = [_shadow_cells(c) for c in results["shadows"]]
+    verdict = _verdict(results).replace("\n", "  \n")
+    return f"{_markdown(columns, rows)}\n{_markdown(SHADOW_COLUMNS, shadows)}\n{verdict}\n"
+
+
+def _markdown(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+    """A Markdown table.
+
+    >>> print(_markdown(("a", "b"), [["1", "2"]]), end="")
+    | a | b |
+    |---|---|
+    | 1 | 2 |
+    """
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
 def write_results(results: dict[str, Any], out: Path) -> Path:

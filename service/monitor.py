@@ -97,9 +97,10 @@ class Monitor:
         self._froze_scipy = False
 
     def served(self) -> dict[str, Reference | None]:
-        """The versions this worker answers with now, and their references."""
-        current = self.predictor.current
-        return {} if current is None else {current.version: current.reference}
+        """The versions this worker answers with now (the champion, and a rollout's candidate), and their
+        references."""
+        models = (self.predictor.current, self.predictor.candidate)
+        return {m.version: m.reference for m in models if m is not None}
 
     def report(self, version: str | None = None, window: int | None = None) -> MonitoringReport:
         """Every served version (or only ``version``, served or not), over ``window`` predictions."""

@@ -1,8 +1,10 @@
 """Staged rollout in the service: the routes, the routing of each request, and the decision loop.
 
-- ``POST /registry/models/{name}/rollout`` loads the candidate (refusing, 409, one that cannot serve), records
-  the rollout in the registry (``mindtrace.rollout.state``) and serves it at once in this worker; the other
-  workers and replicas follow it through the registry within the swap interval (``service.watcher``).
+- ``POST /registry/models/{name}/rollout`` records the rollout in the registry (``mindtrace.rollout.state``)
+  and answers 202. A candidate already in the BentoML store is loaded first (refused, 409, when it cannot
+  serve) and serves at once in this worker; one not imported yet is imported by the leader worker in the
+  background, and a rollout whose candidate then fails to load is rolled back with that reason. The other
+  workers and replicas follow through the registry within the swap interval (``service.watcher``).
 - ``route`` decides per request: in a canary, whether the candidate answers; in shadow, whether it also
   predicts. Random by default, or sticky by a request header's value.
 - ``Decider`` runs on the leader worker: every ``[ROLLOUT] CHECK_SECONDS`` it gathers the evidence from the
@@ -25,7 +27,7 @@ from typing import Annotated, Any
 import bentoml
 from fastapi import APIRouter, Path
 
-from mindtrace.registry.errors import NotFoundError, RegistryError, RegistryUnavailableError
+from mindtrace.registry.errors import NotFoundError, RegistryUnavailableError
 from mindtrace.registry.names import MODEL_NAME_PATTERN
 from mindtrace.rollout import Criteria, Rollout, RolloutRequest, current, decide, finish, gather, start
 from service import metrics
@@ -130,17 +132,22 @@ def start_rollout(name: ModelName, body: RolloutRequest) -> Any:
     defaults = Criteria.from_config(settings).model_dump()
     request = RolloutRequest.model_validate({**defaults, **body.model_dump(exclude_unset=True)})
     version = svc.registry.get_version(name, request.version).version  # unknown: 404
-    from service.watcher import load_version
+    from bentoml.exceptions import NotFound
+
+    from service.watcher import load_stored
 
     try:
-        candidate = load_version(name, version, svc.registry)
-    except RegistryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a version that cannot be served must not take traffic
+        candidate = load_stored(name, version, svc.registry)
+    except NotFound:
+        candidate = None  # not imported yet: the leader imports it in the background (minutes at most)
+    except ValueError as exc:  # a version that cannot be served must not take traffic
         message = f"version {version} of {name} cannot be loaded, so no rollout started: {exc}"
         return error_response(409, message)
     rollout = start(svc.registry, name, request.model_copy(update={"version": version}), actor="api")
-    svc.watcher.start_rollout(candidate, rollout, announce=True)
+    if candidate is not None:
+        svc.watcher.start_rollout(candidate, rollout, announce=True)
+    else:
+        svc.watcher.wake()
     return rollout
 
 

@@ -157,12 +157,19 @@ class Follower:
         try:
             loaded = candidate if candidate and candidate.version == rollout.candidate else None
             served = self._load_candidate(spec, loaded)
+        except RegistryError as exc:  # tried again at the next look
+            self._note_error(f"cannot read the registry: {exc}", swap=False)
+            return
         except Exception as exc:  # noqa: BLE001 - the champion alone goes on serving
             self._failed = (key, time.monotonic())
             what = f"candidate version {rollout.candidate} of {self.name}"
             self._note_error(f"{what} was not loaded: {exc}", swap=True)
+            self._unloadable(rollout, str(exc))
             return
         self.start_rollout(served, rollout, announce=self.leads)
+
+    def _unloadable(self, rollout: Rollout, why: str) -> None:
+        """A candidate that cannot be loaded: the leader ends its rollout (followers wait for the leader)."""
 
     def _load_candidate(self, spec: dict[str, Any], loaded: Served | None) -> Served:
         return loaded or _tried(spec["candidate_tag"], self.name, spec["candidate"])
@@ -305,6 +312,15 @@ class ChampionWatcher(Follower):
     def _load_candidate(self, spec: dict[str, Any], loaded: Served | None) -> Served:
         return loaded or load_version(self.name, spec["candidate"], self.registry)
 
+    def _unloadable(self, rollout: Rollout, why: str) -> None:
+        from mindtrace.rollout import finish
+
+        reason = f"the candidate cannot be loaded: {why}"
+        _, ended = finish(self.registry, self.name, rollout.id, "rolled-back", reason, actor="mindtrace")
+        if ended:
+            metrics.rollout_decided(self.name, "rolled-back")
+            log.error("rollout %s rolled back: %s", rollout.id, reason)
+
 
 def pointer_path(home: Path, model: str, alias: str) -> Path:
     """The pointer of this worker's server: ``serving/<model>.<alias>/<host>-<server pid>-<its start>.json``.
@@ -355,13 +371,18 @@ def load_version(name: str, version: str, registry: Registry) -> Served:
     """Load registered ``version`` from the BentoML store, importing it first when it is not there yet."""
     from bentoml.exceptions import NotFound
 
-    tag = bento_tag(registry.get_version(name, version))
     try:
-        return _tried(tag, name, version)
+        return load_stored(name, version, registry)
     except (NotFound, ValueError):
         pass  # not imported yet, or an import this worker cannot use: import (again) and retry
     _import(name, version)
-    return _tried(tag, name, version)
+    return load_stored(name, version, registry)
+
+
+def load_stored(name: str, version: str, registry: Registry) -> Served:
+    """Load registered ``version`` from the BentoML store as it is; BentoML's ``NotFound`` when it was never
+    imported, ``ValueError`` when its entry cannot serve."""
+    return _tried(bento_tag(registry.get_version(name, version)), name, version)
 
 
 def _import(name: str, version: str) -> None:

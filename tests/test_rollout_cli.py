@@ -85,7 +85,8 @@ def test_start_records_a_canary_and_points_challenger_at_it(setup, canary):
     assert rollout.criteria.min_requests == 50 and rollout.criteria.min_labels == 200
     assert setup.aliases() == {"champion": "1", "challenger": "2"}
     # Imported before it started, so a service's workers (no torch) can load the candidate at once.
-    assert list((setup.root / "bentoml" / "models").glob("*/*/model.yaml"))
+    assert "version 2 imported into the BentoML store" in out
+    assert list((setup.root / "bentoml" / "models").glob("*/v2-*/model.yaml"))
 
 
 def test_a_second_start_is_refused_naming_the_running_rollout(setup, canary):
@@ -132,14 +133,18 @@ def test_stop_aborts_it_and_takes_challenger_off(setup, canary):
 
 
 @pytest.mark.parametrize(
-    ("version", "status", "says"),
-    [("1", 2, "champion already"), ("99", 1, "99"), ("2", 2, "invalid percent")],
+    ("options", "status", "says"),
+    [
+        (["1"], 2, "version 1 is the champion already"),
+        (["99"], 1, "99"),
+        (["2", "--percent", "150"], 2, "invalid percent"),
+    ],
+    ids=["champion", "unknown", "bad-option"],
 )
-def test_refused_starts_leave_the_registry_alone(setup, canary, version, status, says):
+def test_refused_starts_leave_the_registry_alone(setup, canary, options, status, says):
     """Exit 2 for input that cannot be right (as for an invalid registry query), 1 for an unknown version."""
     # After the stop above no rollout runs, so each start meets its own refusal, not the running rollout's.
-    extra = ["--percent", "150"] if status == 2 else []
-    done = setup.run("rollout", "start", version, *extra, check=False)
+    done = setup.run("rollout", "start", *options, check=False)
     assert done.returncode == status, done.stdout + done.stderr
     assert says in done.stdout and "Traceback" not in done.stderr
     assert setup.rollout().status == "aborted"

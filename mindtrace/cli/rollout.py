@@ -113,8 +113,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     running = current(registry, name)
     champion = registry.alias_target(name, CHAMPION)
     if not (running is not None and running.running) and champion not in (None, version):
-        # The service's workers have no torch, so they cannot import it themselves quickly; the CLI has.
-        # Skipped when start() is bound to refuse, so that a refusal takes a second, not an import.
+        # A service's workers have no torch: a candidate missing from the store would cost each of them an
+        # import in a child process before it could serve. Skipped when start() is bound to refuse, so that
+        # a refusal takes a registry call, not an import.
         imported = import_version(version, name, registry)
         if imported.created and not args.json:
             console.print(
@@ -209,7 +210,7 @@ def _print_rollout(rollout: Rollout, config: Config) -> None:
         (role, v.version, v.requests, v.errors, v.p99_ms, v.labelled, v.accuracy)
         for role, v in (("champion", evidence.champion), ("candidate", evidence.candidate))
     ]
-    when = "so far" if rollout.running else "at the decision"
+    when = "so far" if rollout.running else "at its end"
     title = f"evidence {when} ({evidence.seconds:g} s)"
     columns = ("", "version", "requests", "errors", "p99 ms", "labels", "accuracy")
     console.print(table(title, columns, rows))
