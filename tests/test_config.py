@@ -69,5 +69,5 @@ def test_typed_getters():
 
 
 def test_as_dict_has_every_section():
-    sections = {"DIR_PATHS", "MLFLOW", "MNIST", "PROMOTION", "SERVICE", "MONITORING"}
+    sections = {"DIR_PATHS", "MLFLOW", "MNIST", "PROMOTION", "SERVICE", "MONITORING", "ROLLOUT"}
     assert set(Config(env={}).as_dict()) == sections

@@ -428,7 +428,9 @@ class PredictionLog:
             for r, i, e, blob in cursor:
                 requests, images, errors = requests + r, images + i, errors + e
                 counts = np.frombuffer(blob, dtype="<i8")
-                latency = counts + (latency if len(latency) == len(counts) else 0)
+                if len(latency) < len(counts):  # the buckets are fixed; this only sizes the first sum
+                    latency = np.pad(latency, (0, len(counts) - len(latency)))
+                latency[: len(counts)] += counts
         return requests, images, errors, latency
 
     def feedback_since(self, model: str, version: str, since: float) -> dict[str, tuple[int, int]]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mindtrace.registry.aliases import actor_name
 from mindtrace.registry.errors import ConflictError, InvalidQueryError, NotFoundError
 from mindtrace.utils import exclusive_lock
 
@@ -178,11 +179,12 @@ def current(registry: Registry, name: str | None = None) -> Rollout | None:
     return None if text is None else Rollout.model_validate_json(text)
 
 
-def start(registry: Registry, name: str | None, request: RolloutRequest, actor: str = "api") -> Rollout:
+def start(registry: Registry, name: str | None, request: RolloutRequest, actor: str | None = None) -> Rollout:
     """Start a rollout of ``request.version`` against the champion: ``challenger`` alias, then the state.
 
     Raises ``ConflictError`` while another rollout of the model runs or when there is no champion to
     compare with, ``NotFoundError`` for an unknown version, ``InvalidQueryError`` for the champion itself.
+    ``actor`` (who started it) defaults to the login name, as for alias moves.
     """
     name = registry.model_name(name)
     with _locked(registry, name):
@@ -209,7 +211,7 @@ def start(registry: Registry, name: str | None, request: RolloutRequest, actor: 
             candidate=candidate,
             criteria=request.criteria(),
             started_at=now,
-            started_by=actor,
+            started_by=actor_name(actor),
         )
         why = f"{rollout.mode} rollout {rollout.id}"
         registry.set_alias(name, CHALLENGER, candidate, reason=why, actor=actor)
@@ -225,7 +227,7 @@ def finish(
     status: Status,
     reason: str,
     evidence: Evidence | None = None,
-    actor: str = "api",
+    actor: str | None = None,
 ) -> tuple[Rollout, bool]:
     """End rollout ``rollout_id`` with ``status``: a promotion moves ``champion`` to the candidate, any end
     takes the ``challenger`` alias off it. Returns the rollout and whether this call ended it (False when it
@@ -243,7 +245,7 @@ def finish(
                 "reason": reason,
                 "evidence": evidence,
                 "ended_at": datetime.now(timezone.utc),
-                "ended_by": actor,
+                "ended_by": actor_name(actor),
             }
         )
         why = f"rollout {rollout.id} {status}: {reason}"
