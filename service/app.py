@@ -68,6 +68,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", SETTINGS["REGISTRY_TIMEOUT_
 log = logging.getLogger("mindtrace.service")
 logs.install()  # BentoML configured the worker's logging before it imported this module
 IMAGE_DOC = "base64 PNG, JPEG, BMP or GIF (one frame); a data:image/...;base64, prefix is allowed"
+REQUEST = bentoml.Context()  # its ``request`` is the current request's (a context variable)
 HOW_TO_TRAIN = (
     "no model is being served yet: train one with `mindtrace train` and import it with "
     "`mindtrace registry import champion` (or POST /retrain), then wait a few seconds or restart the service"
@@ -134,14 +135,13 @@ class Mindtrace:
     async def inference(
         self,
         image: Annotated[str, Field(min_length=1, description=IMAGE_DOC, examples=[EXAMPLE_IMAGE])],
-        ctx: bentoml.Context,
     ) -> InferenceResponse:
         """Classify one image of a digit."""
         try:
             pixels = digit_pixels(image, self.limits)[None]
         except ImageRejected as exc:
             return error_response(exc.status, f"image: {exc}")
-        answer = await self.classify(pixels, ctx.request.headers)
+        answer = await self.classify(pixels, self._headers())
         if isinstance(answer, JSONResponse):
             return answer
         probs, model, ids = answer
@@ -156,14 +156,13 @@ class Mindtrace:
             list[Annotated[str, Field(min_length=1)]],
             Field(min_length=1, max_length=MAX_BATCH, description=IMAGE_DOC, examples=[[EXAMPLE_IMAGE]]),
         ],
-        ctx: bentoml.Context,
     ) -> BatchResponse:
         """Classify 1 to 1024 images in one request; one bad image refuses the request and names its index."""
         try:
             pixels = batch_pixels(images, self.limits)
         except ImageRejected as exc:
             return error_response(exc.status, str(exc))
-        answer = await self.classify(pixels, ctx.request.headers)
+        answer = await self.classify(pixels, self._headers())
         if isinstance(answer, JSONResponse):
             return answer
         probs, model, ids = answer
@@ -174,6 +173,14 @@ class Mindtrace:
         ]
         body = {"predictions": predictions, "model": model.model_dump()}
         return Response(json.dumps(body), media_type="application/json")
+
+    def _headers(self) -> Mapping[str, str] | None:
+        """The request's headers when a rollout may route by one (a sticky header); else not even read.
+
+        Read from BentoML's request context rather than a ``ctx`` parameter: with one, BentoML answers 200
+        whatever the status of a response the API returns (its errors)."""
+        rollout = self.predictor.rollout
+        return REQUEST.request.headers if rollout is not None and rollout.sticky_header else None
 
     async def classify(
         self, pixels: np.ndarray, headers: Mapping[str, str] | None = None, version: str | None = None

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -83,8 +84,20 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail), headers=exc.headers)  # a 405 keeps its Allow
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    headers = exc.headers
+    if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed(request.scope["path"]))}
+    return error_response(exc.status_code, str(exc.detail), headers=headers)
+
+
+def _allowed(path: str) -> list[str]:
+    """Every method some route of this app takes on ``path`` (GET, POST and DELETE on a rollout)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 @app.exception_handler(RegistryError)

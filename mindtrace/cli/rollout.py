@@ -29,13 +29,6 @@ def _registry(args: argparse.Namespace, config: Config | None = None) -> Registr
     return Registry(tracking_uri=args.tracking_uri, config=config)
 
 
-def _actor() -> str:
-    # Rollout.started_by must be a string: the login name, as the alias log records a person's moves.
-    from mindtrace.registry.aliases import actor_name
-
-    return actor_name(None)
-
-
 def rollout_request(args: argparse.Namespace, config: Config) -> RolloutRequest:
     """The request the options describe: the criteria not given take the ``[ROLLOUT]`` defaults, merged
     exactly as ``POST .../rollout`` merges a body with them.
@@ -121,7 +114,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             console.print(
                 f"version {version} imported into the BentoML store as {imported.tag}", highlight=False
             )
-    rollout = start(registry, name, request, actor=_actor())
+    rollout = start(registry, name, request)  # started by the login name
     if args.json:
         print_json(rollout)
         return 0
@@ -162,9 +155,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if rollout.running:
         evidence = evidence_so_far(rollout, config)
         reason = "stopped by a person"
-        rollout, changed = finish(
-            registry, rollout.model, rollout.id, "aborted", reason, evidence, actor=_actor()
-        )
+        rollout, changed = finish(registry, rollout.model, rollout.id, "aborted", reason, evidence)
     if args.json:
         print_json(rollout)
         return 0

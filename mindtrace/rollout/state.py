@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mindtrace.registry.aliases import actor_name
 from mindtrace.registry.errors import ConflictError, InvalidQueryError, NotFoundError
 from mindtrace.utils import exclusive_lock
 
@@ -173,6 +172,13 @@ class Rollout(BaseModel):
         return draw * 100 < self.percent
 
 
+def _actor(name: str | None) -> str:
+    # Imported here: the alias moves import MLflow, which a follower worker reading a rollout never needs.
+    from mindtrace.registry.aliases import actor_name
+
+    return actor_name(name)
+
+
 def current(registry: Registry, name: str | None = None) -> Rollout | None:
     """The model's current or last rollout; None when it never had one."""
     text = registry.model_tags(registry.model_name(name)).get(ROLLOUT_TAG)
@@ -211,7 +217,7 @@ def start(registry: Registry, name: str | None, request: RolloutRequest, actor: 
             candidate=candidate,
             criteria=request.criteria(),
             started_at=now,
-            started_by=actor_name(actor),
+            started_by=_actor(actor),
         )
         why = f"{rollout.mode} rollout {rollout.id}"
         registry.set_alias(name, CHALLENGER, candidate, reason=why, actor=actor)
@@ -245,7 +251,7 @@ def finish(
                 "reason": reason,
                 "evidence": evidence,
                 "ended_at": datetime.now(timezone.utc),
-                "ended_by": actor_name(actor),
+                "ended_by": _actor(actor),
             }
         )
         why = f"rollout {rollout.id} {status}: {reason}"
