@@ -3,22 +3,26 @@
 The target (the staged-rollout issue): with a candidate shadowing every request, the champion's p99 is at
 most 1.3 times its p99 without one. A run, in order:
 
-1. In a scratch home under ``--work``, train two versions with the real CLI: version 1 with ``--policy
-   always`` (the champion), version 2 with the next seed and ``--policy never`` (registered, not champion);
-   import both into the scratch BentoML store and take each one's offline labels of the benchmark digits.
-2. Start one ``bentoml serve service:svc`` (``--workers``, the access log off, as ``benchmarks.serve``).
+1. In a scratch home under ``--work`` (kept between runs, so each run adds two versions), train two
+   versions with the real CLI: the champion with ``--policy always``, then the candidate with the next seed
+   and ``--policy never`` (registered, not champion); import both into the scratch BentoML store and take
+   each one's offline labels of the benchmark digits.
+2. Start one ``bentoml serve service:svc`` (``--workers``, the access log off, as ``benchmarks.serve``),
+   with a prediction log of its own, removed after the run.
 3. Warm up, shadow off then on; then ``rounds`` rounds of three wrk points of single MNIST digits at
    ``--connections``: shadow off, on, off, the order rotated by one each round (``round_order``), so that a
    noisy minute or the first point of a round hits both conditions alike. A shadow point starts a shadow
-   rollout of version 2 at ``--percent`` through ``POST /registry/models/{name}/rollout``, with criteria it
-   cannot meet during the run (``NEVER_DECIDES``), waits until every worker runs the candidate, and ends it
-   with ``DELETE`` after.
+   rollout of the candidate at ``--percent`` through ``POST /registry/models/{name}/rollout``, with
+   criteria it cannot meet during the run (``NEVER_DECIDES``), waits until every worker runs the candidate,
+   and ends it with ``DELETE`` after.
 4. After each shadow point, still in shadow: ``--checks`` requests sent one by one (wrk cannot read answers),
    each of which must be answered by the champion, with the champion's offline label, the digits where
    the two versions disagree sent first; then ``GET .../rollout``, whose evidence shows the shadow ran: the
    candidate's shadowed requests beside the champion's answers, and their agreement.
 5. Per condition the median of its points (req/s, p50, p90, p99; max latency the worst, errors added up),
-   the ratios shadow / off, each round's own ratios, and a flag when wrk used more than half a core.
+   the ratios shadow / off, each round's own ratios, and a flag when wrk used more than half a core. Each
+   point also records the CPU the rest of the machine used meanwhile ("others"): a run on a shared machine
+   names the points its neighbours disturbed.
 
 Results go to ``OUT/rollout.json`` (every point and every shadow's evidence) and ``OUT/rollout.md``.
 
@@ -34,6 +38,7 @@ import contextlib
 import json
 import os
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +65,9 @@ DEFAULT_EPOCHS = 1  # the versions only need to be real and to differ a little, 
 NEVER_DECIDES = {"min_requests": 10_000_000, "min_labels": 1_000_000, "max_minutes": 10_080}
 FLUSH_PAUSE_SECONDS = 2.5  # [MONITORING] FLUSH_SECONDS is 1: every worker has written its log by then
 SETTLE_SECONDS = 30  # for every worker to follow a rollout's start or end (the swap poll is 2 s)
+# A point during which the rest of the machine used more than this (other processes on the two cores) is
+# named in the results: its figures measured the neighbours as much as the shadow.
+BUSY_NEIGHBOURS = 0.1
 
 
 @dataclass
@@ -208,12 +216,12 @@ class RolloutBench:
     # --- the two versions -----------------------------------------------------------------------------------
 
     def prepare(self, config: TrainConfig) -> None:
-        """Train version 1 (champion) and version 2 (next seed, not promoted) with the CLI, import both,
+        """Train the champion and the candidate (the next seed, not promoted) with the CLI, import both,
         write the request bodies and take each version's offline labels."""
         from mindtrace.predict import batch_pixels
         from mindtrace.registry.bento import load_classifier
 
-        bench = self.bench
+        bench, mindtrace = self.bench, str(BIN / "mindtrace")
         console.rule("[bold]the two versions")
         for role, policy, seed in (
             ("champion", "always", config.seed),
@@ -222,18 +230,10 @@ class RolloutBench:
             body = config.model_copy(update={"seed": seed}).model_dump()
             config_file = bench.work / f"train-{role}.json"
             config_file.write_text(json.dumps(body))
-            argv = [
-                str(BIN / "mindtrace"),
-                "train",
-                "--config",
-                str(config_file),
-                "--policy",
-                policy,
-                "--json",
-            ]
+            argv = [mindtrace, "train", "--config", str(config_file), "--policy", policy, "--json"]
             summary = json.loads(bench._cli(argv, f"training the {role}"))
             version = str(summary["registered_version"])
-            argv = [str(BIN / "mindtrace"), "registry", "import", version, "--json"]
+            argv = [mindtrace, "registry", "import", version, "--json"]
             imported = json.loads(bench._cli(argv))
             self.versions[role] = {
                 **imported,
@@ -268,11 +268,17 @@ class RolloutBench:
     # --- the server and the rollouts ------------------------------------------------------------------------
 
     def start(self, stack: contextlib.ExitStack) -> Server:
-        """Start ``bentoml serve service:svc`` on a free port; wait until it answers ``/readyz``."""
+        """Start ``bentoml serve service:svc`` on a free port; wait until it answers ``/readyz``.
+
+        Its prediction log is a new one, removed after the run: an earlier run's rows (at the retention
+        limit after a few runs, so every 30th flush deletes) would weigh on a later run alone.
+        """
         bench = self.bench
         s = server(
             "mindtrace", False, BIN, self.options.workers, self.versions["champion"]["tag"], bench.work
         )
+        monitoring = stack.enter_context(tempfile.TemporaryDirectory(prefix="monitoring-", dir=bench.work))
+        s.env["MINDTRACE__DIR_PATHS__MONITORING"] = monitoring
         s.port = free_port()
         log = bench.logs / "mindtrace.log"
         s.proc = stack.enter_context(launched(s.argv(), log, cwd=self.root, env={**bench.env, **s.env}))
@@ -382,25 +388,11 @@ class RolloutBench:
         assert s is not None
         console.rule("[bold]warm-up")
         route, bodies = bench.requests["mindtrace", 1][0].route, bench.bodies["mindtrace", 1]
-        run_wrk(
-            s.url,
-            bodies,
-            route,
-            o.connections,
-            o.warmup_seconds,
-            bench.script,
-            bench.logs / "wrk" / "warmup-off.log",
-        )
-        self.start_shadow()
-        run_wrk(
-            s.url,
-            bodies,
-            route,
-            o.connections,
-            o.warmup_seconds,
-            bench.script,
-            bench.logs / "wrk" / "warmup-shadow.log",
-        )
+        for condition in CONDITIONS:
+            if condition == SHADOW:
+                self.start_shadow()
+            log = bench.logs / "wrk" / f"warmup-{condition}.log"
+            run_wrk(s.url, bodies, route, o.connections, o.warmup_seconds, bench.script, log)
         self.stop_shadow()
 
     def rounds(self) -> None:
@@ -481,6 +473,21 @@ class RolloutBench:
         return check
 
 
+def _neighbours(points: list[dict[str, Any]]) -> list[str]:
+    """A warning naming the points during which other processes used more than ``BUSY_NEIGHBOURS`` cores.
+
+    >>> _neighbours([{"round": 2, "scenario": "off", "others_cpu": 0.4}, {"round": 2, "scenario": "shadow",
+    ...              "others_cpu": 0.01}])
+    ['the machine was shared during 1 of 2 points (others CPU > 0.1 core): r2 off 0.40']
+    """
+    busy = [p for p in points if (p.get("others_cpu") or 0) > BUSY_NEIGHBOURS]
+    if not busy:
+        return []
+    named = ", ".join(f"r{p['round']} {p['scenario']} {p['others_cpu']:.2f}" for p in busy)
+    return [f"the machine was shared during {len(busy)} of {len(points)} points (others CPU > "
+            f"{BUSY_NEIGHBOURS:g} core): {named}"]  # fmt: skip
+
+
 def _busy_seconds() -> float:
     """CPU seconds the machine has been busy, all cores (guest time is inside user time already)."""
     import psutil
@@ -546,7 +553,7 @@ def run_rollout_benchmark(
             c.champion_answers == c.checked == options.checks and not c.problem for c in run.checks
         ),
         "wrk_bound": any(r["wrk_bound"] for r in rows),
-        "warnings": run.warnings,
+        "warnings": run.warnings + _neighbours(point_dicts),
         "points": point_dicts,
         "minutes": round((time.monotonic() - started) / 60, 1),
     }
