@@ -57,12 +57,12 @@ class Overloaded(RuntimeError):
     """A request waited in the batching queue longer than its latency budget."""
 
 
-# After each model call: the model, its role (answer or shadow), the requests and images, its duration in
-# seconds, and whether it failed.
-CallObserver = Callable[[Served, str, int, int, float, bool], None]
-# After each shadow call: the candidate, its probabilities, the pixels, and the shadowed requests' ids (one
-# string) and the labels they were answered with.
-ShadowSink = Callable[[Served, np.ndarray, np.ndarray, str, np.ndarray], None]
+# After each model call during a rollout: its id, the model, its role (answer or shadow), the requests and
+# images, the call's duration in seconds, and whether it failed.
+CallObserver = Callable[[str, Served, str, int, int, float, bool], None]
+# After each shadow call: the rollout's id, the candidate, its probabilities, the pixels, and the shadowed
+# requests' ids (one string) and the labels they were answered with.
+ShadowSink = Callable[[str, Served, np.ndarray, np.ndarray, str, np.ndarray], None]
 MAX_SHADOW_IMAGES = 4096  # shadow work waiting beyond this is dropped: the answers come first
 
 
@@ -208,8 +208,8 @@ class Predictor:
             work.append(item)
             images += len(item.pixels)
         self._shadow_images -= images
-        candidate = self.candidate
-        if candidate is None or self.shadow_sink is None:
+        candidate, rollout = self.candidate, self.rollout
+        if candidate is None or rollout is None or self.shadow_sink is None:
             return  # the rollout ended meanwhile
         pixels = np.concatenate([item.pixels for item in work])
         started = time.perf_counter()
@@ -221,10 +221,13 @@ class Predictor:
         self._observed(candidate, "shadow", work, images, started, failed=False)
         ids = "".join(item.ids for item in work)
         answered = np.concatenate([item.answered for item in work])
-        self.shadow_sink(candidate, probs, pixels, ids, answered)
+        self.shadow_sink(rollout.id, candidate, probs, pixels, ids, answered)
 
     def _observed(
         self, served: Served, role: str, jobs: list, images: int, started: float, failed: bool
     ) -> None:
-        if self.observe is not None:
-            self.observe(served, role, len(jobs), images, time.perf_counter() - started, failed)
+        """Count the call for the running rollout's evidence (nothing is counted outside rollouts)."""
+        rollout = self.rollout
+        if self.observe is not None and rollout is not None:
+            seconds = time.perf_counter() - started
+            self.observe(rollout.id, served, role, len(jobs), images, seconds, failed)

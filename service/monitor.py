@@ -34,7 +34,7 @@ from mindtrace.monitoring import (
     version_report,
 )
 from mindtrace.monitoring.drift import preload
-from mindtrace.monitoring.store import FeedbackResult
+from mindtrace.monitoring.store import FeedbackResult, id_time
 from mindtrace.monitoring.trigger import RetrainPolicy
 from mindtrace.train_config import TrainRequest
 from service import metrics
@@ -123,7 +123,16 @@ class Monitor:
         return MonitoringReport(model=self.model, versions=reports)
 
     def feedback(self, labels: dict[str, int]) -> FeedbackResult:
-        """Store true labels; ids not logged yet get one flush interval to appear (another worker's queue)."""
+        """Store true labels; ids not logged yet get one flush interval to appear (another worker's queue).
+
+        During a shadow rollout a label also scores the candidate's shadow prediction of the request, found
+        when the label is stored: labels for predictions younger than a flush interval wait that long, so
+        that the shadow prediction (made after the answer) is in the log."""
+        rollout = self.predictor.rollout
+        if rollout is not None and rollout.mode == "shadow":
+            youngest = max((id_time(pid) or 0.0 for pid in labels), default=0.0)
+            wait = self.recorder.flush_seconds + 0.25  # at most: an id's time is the client's to make up
+            time.sleep(min(wait, max(0.0, youngest + wait - time.time())))
         self.recorder.flush()
         result = self.store.add_feedback(labels)
         if result.unknown:

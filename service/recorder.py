@@ -12,8 +12,8 @@ stops tracking it, and logging adds nothing for full collections to walk (DESIGN
 collection"). A flush writes one row per version, its columns as blobs (``mindtrace.monitoring.store``).
 
 During a rollout the recorder also logs the candidate's shadow predictions (``record_shadow``, under the
-answered requests' ids), and every flush writes each version's model-call counts and latency histogram
-(``observe``): the evidence a rollout decides on, shared by all workers and replicas.
+answered requests' ids), and every flush writes each version's model-call counts, agreement and latency
+histogram for that rollout (``observe``): the evidence it decides on, shared by all workers and replicas.
 
 >>> recorder = Recorder(PredictionLog(path), 1.0, flush_seconds=1, max_pending=50_000)  # doctest: +SKIP
 >>> ids = recorder.record(pixels, probs, "mnist-mlp", "3")                              # doctest: +SKIP
@@ -53,9 +53,10 @@ class Recorder:
         self.flush_seconds = flush_seconds
         self.max_pending = max_pending
         self.retention = retention
-        # (ids, model, version, pixels, probabilities, role, answered labels or None)
-        self._pending: deque[tuple[str, str, str, np.ndarray, np.ndarray, str, np.ndarray | None]] = deque()
-        # (model, version, role) -> [requests, images, errors, latency histogram], since the last flush
+        # (ids, model, version, pixels, probabilities, role)
+        self._pending: deque[tuple[str, str, str, np.ndarray, np.ndarray, str]] = deque()
+        # (rollout, model, version, role) -> [requests, images, errors, agreed, latency histogram], since the
+        # last flush
         self._stats: dict[tuple[str, str, str], list] = {}
         self._stats_lock = threading.Lock()
         # Queued rows minus taken rows is what waits; each count has one writer thread, so neither races.
@@ -73,39 +74,57 @@ class Recorder:
         sampled request is queued for the log."""
         text = new_ids(len(probs))
         if self.sample >= 1 or random.random() < self.sample:
-            self._queue(text, model, version, pixels, probs, "answer", None)
+            self._queue(text, model, version, pixels, probs, "answer")
         return split_ids(text)
 
     def record_shadow(
-        self, served: Served, probs: np.ndarray, pixels: np.ndarray, ids: str, answered: np.ndarray
+        self,
+        rollout: str,
+        served: Served,
+        probs: np.ndarray,
+        pixels: np.ndarray,
+        ids: str,
+        answered: np.ndarray,
     ) -> None:
-        """Queue a candidate's shadow predictions of answered requests (``ids``, as one string), beside the
-        labels the clients got (``answered``). All of them: the requests were sampled when shadowed."""
-        self._queue(ids, served.name, served.version, pixels, probs, "shadow", answered)
+        """Queue a candidate's shadow predictions of answered requests (``ids``, as one string), and count
+        how many agree with the labels the clients got (``answered``)."""
+        self._queue(ids, served.name, served.version, pixels, probs, "shadow")
+        agreed = int((probs.argmax(axis=1) == answered).sum())
+        with self._stats_lock:
+            self._entry((rollout, served.name, served.version, "shadow"))[3] += agreed
 
     def observe(
-        self, served: Served, role: str, requests: int, images: int, seconds: float, failed: bool
+        self,
+        rollout: str,
+        served: Served,
+        role: str,
+        requests: int,
+        images: int,
+        seconds: float,
+        failed: bool,
     ) -> None:
-        """Count one model call of ``served`` (``service.batching.CallObserver``)."""
-        key = (served.name, served.version, role)
+        """Count one model call of ``served`` during ``rollout`` (``service.batching.CallObserver``)."""
         with self._stats_lock:
-            entry = self._stats.get(key)
-            if entry is None:
-                entry = self._stats[key] = [0, 0, 0, latency.empty()]
+            entry = self._entry((rollout, served.name, served.version, role))
             entry[0] += requests
             entry[1] += images
             entry[2] += requests if failed else 0
-            entry[3][latency.bucket(seconds)] += requests
+            entry[4][latency.bucket(seconds)] += requests
+
+    def _entry(self, key: tuple[str, str, str, str]) -> list:
+        entry = self._stats.get(key)
+        if entry is None:
+            entry = self._stats[key] = [0, 0, 0, 0, latency.empty()]
+        return entry
 
     def _queue(
-        self, ids: str, model: str, version: str, pixels: np.ndarray, probs: np.ndarray, role: str,
-        answered: np.ndarray | None,
-    ) -> None:  # fmt: skip
+        self, ids: str, model: str, version: str, pixels: np.ndarray, probs: np.ndarray, role: str
+    ) -> None:
         n = len(probs)
         if self._queued_rows - self._taken_rows + n > self.max_pending:
             metrics.log_dropped(n)
         else:
-            self._pending.append((ids, model, version, pixels, probs, role, answered))
+            self._pending.append((ids, model, version, pixels, probs, role))
             self._queued_rows += n
 
     def flush(self) -> int:
@@ -128,7 +147,6 @@ class Recorder:
                     probabilities=np.concatenate([e[4] for e in entries]),
                     pixels=np.concatenate([e[3] for e in entries]),
                     role=role,
-                    answered=None if role == "answer" else np.concatenate([e[6] for e in entries]),
                 )
                 for (model, version, role), entries in by_version.items()
             ]
@@ -147,8 +165,14 @@ class Recorder:
         with self._stats_lock:
             taken, self._stats = self._stats, {}
         stats = [
-            Stats(model, version, role, requests, images, errors, histogram)
-            for (model, version, role), (requests, images, errors, histogram) in taken.items()
+            Stats(rollout, model, version, role, requests, images, errors, agreed, histogram)
+            for (rollout, model, version, role), (
+                requests,
+                images,
+                errors,
+                agreed,
+                histogram,
+            ) in taken.items()
         ]
         try:
             self.store.write_stats(stats)

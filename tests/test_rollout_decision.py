@@ -16,11 +16,12 @@ from mindtrace.rollout.state import Evidence, VersionEvidence
 from service.rollout import route
 
 RNG = np.random.default_rng(0)
+ROLLOUT_ID = "20261128-120000-abcdef"
 
 
 def _rollout(mode: str, percent: float = 10, minutes_ago: float = 1, **criteria) -> Rollout:
     return Rollout(
-        id="20261128-120000-abcdef", model="m", mode=mode, percent=percent, champion="1", candidate="2",
+        id=ROLLOUT_ID, model="m", mode=mode, percent=percent, champion="1", candidate="2",
         criteria=Criteria(**criteria), started_at=datetime.now(timezone.utc) - timedelta(minutes=minutes_ago),
     )  # fmt: skip
 
@@ -38,10 +39,9 @@ def _answers(
     return ids, labels
 
 
-def _stats(log: PredictionLog, version: str, role: str, requests: int, errors: int, seconds: float) -> None:
-    log.write_stats(
-        [Stats("m", version, role, requests, requests, errors, latency.histogram(np.full(requests, seconds)))]
-    )
+def _stats(log: PredictionLog, version: str, role: str, requests: int, errors: int, seconds: float, agreed=0):
+    counts = latency.histogram(np.full(requests, seconds))
+    log.write_stats([Stats(ROLLOUT_ID, "m", version, role, requests, requests, errors, agreed, counts)])
 
 
 def test_canary_evidence_counts_each_version_and_joins_feedback(tmp_path: Path):
@@ -53,9 +53,10 @@ def test_canary_evidence_counts_each_version_and_joins_feedback(tmp_path: Path):
     log.add_feedback(dict(zip(labelled, truth[:300].tolist() + truth[900:980].tolist(), strict=True)))
     _stats(log, "1", "answer", 900, 0, 0.001)
     _stats(log, "2", "answer", 100, 3, 0.004)
+    log.write_stats([Stats("another rollout", "m", "1", "answer", 50, 50, 50, 0, latency.empty())])
 
     evidence = gather(log, _rollout("canary"))
-    assert evidence.share == pytest.approx(0.1)
+    assert evidence.share == pytest.approx(0.1) and evidence.champion.errors == 0  # its own rollout's only
     assert evidence.champion.labelled == 300 and evidence.candidate.labelled == 80
     assert evidence.champion.accuracy == pytest.approx(
         np.mean(champion_labels[:300] == truth[:300]), abs=1e-6
@@ -66,8 +67,8 @@ def test_canary_evidence_counts_each_version_and_joins_feedback(tmp_path: Path):
     assert evidence.candidate.error_rate == pytest.approx(0.03) and evidence.agreement is None
     assert 4.0 <= evidence.candidate.p99_ms <= 4.4 and 1.0 <= evidence.champion.p99_ms <= 1.1
 
-    # Before the rollout started: nothing of it counts.
-    assert gather(log, _rollout("canary", minutes_ago=-1)).champion.requests == 0
+    # Labels of answers made before the rollout started do not count.
+    assert gather(log, _rollout("canary", minutes_ago=-1)).champion.labelled == 0
 
 
 def test_shadow_evidence_judges_both_versions_on_the_same_labelled_requests(tmp_path: Path):
@@ -77,17 +78,20 @@ def test_shadow_evidence_judges_both_versions_on_the_same_labelled_requests(tmp_
     shadow = np.where(np.arange(500) % 4 == 0, (answered + 1) % 10, answered)  # disagrees on a quarter
     shadowed = ids[:400]  # the last 100 were not shadowed (a full queue, a share below 100 %)
     probs, pixels = np.eye(10, dtype=np.float32)[shadow[:400]], np.zeros((400, 28, 28), np.uint8)
-    log.write([Batch(shadowed, "m", "2", probs, pixels, role="shadow", answered=answered[:400])])
+    log.write([Batch(shadowed, "m", "2", probs, pixels, role="shadow")])
+    _stats(log, "1", "answer", 500, 0, 0.001)
+    _stats(log, "2", "shadow", 400, 0, 0.001, agreed=int((shadow[:400] == answered[:400]).sum()))
     labelled = ids[:200] + ids[450:]  # 50 of them have no shadow prediction: left out of both
     log.add_feedback({pid: int(truth[ids.index(pid)]) for pid in labelled})
 
     evidence = gather(log, _rollout("shadow", percent=100))
     assert evidence.agreement == pytest.approx(0.75) and evidence.compared == 400
+    assert evidence.share == pytest.approx(0.8)  # shadowed over answered
     assert evidence.champion.labelled == evidence.candidate.labelled == 200
     assert evidence.champion.accuracy == pytest.approx(np.mean(answered[:200] == truth[:200]), abs=1e-6)
     assert evidence.candidate.accuracy == pytest.approx(np.mean(shadow[:200] == truth[:200]), abs=1e-6)
-    # Feedback labels the answer, never the shadow prediction made under the same id.
-    assert log.feedback_since("m", "2", 0) == {}
+    # Feedback labels the answer; the shadow prediction under the same id is only paired with it.
+    assert log.feedback_since("m", "2", 0) == []
 
 
 def _evidence(champion_acc, candidate_acc, labels=300, requests=2000, errors=(0, 0), p99=(2.0, 2.5), **extra):

@@ -51,8 +51,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     labels BLOB NOT NULL,
     probabilities BLOB NOT NULL,
     pixels BLOB NOT NULL,
-    role TEXT NOT NULL DEFAULT 'answer',
-    answered BLOB
+    role TEXT NOT NULL DEFAULT 'answer'
 );
 CREATE INDEX IF NOT EXISTS chunks_by_version ON chunks (model, version, last_at);
 CREATE INDEX IF NOT EXISTS chunks_by_time ON chunks (first_at, last_at);
@@ -64,10 +63,13 @@ CREATE TABLE IF NOT EXISTS feedback (
     label INTEGER NOT NULL,
     truth INTEGER NOT NULL,
     truth_at REAL NOT NULL,
-    pixels BLOB NOT NULL
+    pixels BLOB NOT NULL,
+    shadow_version TEXT,
+    shadow_label INTEGER
 );
 CREATE INDEX IF NOT EXISTS feedback_by_version ON feedback (model, version, truth_at);
-CREATE TABLE IF NOT EXISTS serving_stats (
+CREATE TABLE IF NOT EXISTS rollout_stats (
+    rollout TEXT NOT NULL,
     model TEXT NOT NULL,
     version TEXT NOT NULL,
     role TEXT NOT NULL,
@@ -75,9 +77,10 @@ CREATE TABLE IF NOT EXISTS serving_stats (
     requests INTEGER NOT NULL,
     images INTEGER NOT NULL,
     errors INTEGER NOT NULL,
+    agreed INTEGER NOT NULL,
     latency BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS stats_by_version ON serving_stats (model, version, at);
+CREATE INDEX IF NOT EXISTS stats_by_rollout ON rollout_stats (rollout, version);
 CREATE TABLE IF NOT EXISTS retrain_triggers (
     model TEXT NOT NULL,
     version TEXT NOT NULL,
@@ -157,8 +160,7 @@ class Batch:
     probabilities ``[n, 10]`` and the pixels the model took ``[n, 28, 28]`` (uint8).
 
     ``role`` is ``answer`` for predictions that answered a client, ``shadow`` for a rollout candidate's
-    predictions of the same requests (same ids), made off the answer path; ``answered`` then holds the labels
-    the clients were given, so that agreement is one read."""
+    predictions of the same requests (same ids), made off the answer path."""
 
     ids: Sequence[str]
     model: str
@@ -166,21 +168,22 @@ class Batch:
     probabilities: np.ndarray
     pixels: np.ndarray
     role: str = "answer"
-    answered: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Stats:
-    """What a version's model calls did over a time span: requests answered (or shadowed), their images,
-    the requests whose call failed, and the calls' latency histogram (``mindtrace.monitoring.latency``),
-    one count per request."""
+    """What a version's model calls did during a rollout (since the last flush): requests answered (or
+    shadowed), their images, the requests whose call failed, the shadowed images given the answer's label,
+    and the calls' latency histogram (``mindtrace.monitoring.latency``), one count per request."""
 
+    rollout: str
     model: str
     version: str
     role: str
     requests: int
     images: int
     errors: int
+    agreed: int
     latency: np.ndarray
 
 
@@ -216,10 +219,12 @@ class PredictionLog:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
-            if "role" not in columns:  # a log written before rollouts: its predictions all answered
+            # A log written before rollouts: its predictions all answered, none shadowed.
+            if "role" not in {row[1] for row in db.execute("PRAGMA table_info(chunks)")}:
                 db.execute("ALTER TABLE chunks ADD COLUMN role TEXT NOT NULL DEFAULT 'answer'")
-                db.execute("ALTER TABLE chunks ADD COLUMN answered BLOB")
+            if "shadow_version" not in {row[1] for row in db.execute("PRAGMA table_info(feedback)")}:
+                db.execute("ALTER TABLE feedback ADD COLUMN shadow_version TEXT")
+                db.execute("ALTER TABLE feedback ADD COLUMN shadow_label INTEGER")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -247,31 +252,23 @@ class PredictionLog:
             with self._connect() as db:
                 db.executemany(
                     "INSERT INTO chunks (model, version, first_at, last_at, n, ids, labels, probabilities,"
-                    " pixels, role, answered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " pixels, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
     def write_stats(self, stats: Sequence[Stats], at: float | None = None) -> None:
-        """Add one flush's serving statistics, one row per version and role."""
+        """Add one flush's rollout statistics, one row per rollout, version and role."""
         at = time.time() if at is None else at
         rows = [
-            (
-                s.model,
-                s.version,
-                s.role,
-                at,
-                s.requests,
-                s.images,
-                s.errors,
-                s.latency.astype("<i8").tobytes(),
-            )
+            (s.rollout, s.model, s.version, s.role, at, s.requests, s.images, s.errors, s.agreed,
+             s.latency.astype("<i8").tobytes())
             for s in stats
-        ]
+        ]  # fmt: skip
         if rows:
             with self._connect() as db:
                 db.executemany(
-                    "INSERT INTO serving_stats (model, version, role, at, requests, images, errors, latency)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO rollout_stats (rollout, model, version, role, at, requests, images, errors,"
+                    " agreed, latency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
 
@@ -291,24 +288,32 @@ class PredictionLog:
                 pid for pid in labels if db.execute("SELECT 1 FROM feedback WHERE id = ?", (pid,)).fetchone()
             }
             result.replaced = [pid for pid in labels if pid in earlier]
+            # A rollout's candidate may have predicted the same request in shadow: the label scores it too.
+            shadow = {pid: self._find(db, pid, "shadow") for pid in labels}
             db.executemany(
-                "INSERT INTO feedback (id, model, version, at, label, truth, truth_at, pixels)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
-                " SET truth = excluded.truth, truth_at = excluded.truth_at",
-                [(pid, *found[pid][:3], found[pid][3], labels[pid], at, found[pid][4]) for pid in labels],
-            )
+                "INSERT INTO feedback (id, model, version, at, label, truth, truth_at, pixels,"
+                " shadow_version, shadow_label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET truth = excluded.truth, truth_at = excluded.truth_at,"
+                " shadow_version = coalesce(excluded.shadow_version, shadow_version),"
+                " shadow_label = coalesce(excluded.shadow_label, shadow_label)",
+                [
+                    (pid, *found[pid][:3], found[pid][3], labels[pid], at, found[pid][4],
+                     *((shadow[pid][1], shadow[pid][3]) if shadow[pid] else (None, None)))
+                    for pid in labels
+                ],
+            )  # fmt: skip
             result.accepted = len(labels)
         return result
 
-    def _find(self, db: sqlite3.Connection, pid: str) -> tuple | None:
-        """(model, version, time, predicted label, pixels) of a logged prediction, or None."""
+    def _find(self, db: sqlite3.Connection, pid: str, role: str = "answer") -> tuple | None:
+        """(model, version, time, predicted label, pixels) of a logged prediction (the answer, or a shadow
+        prediction of the same request), or None."""
         when = id_time(pid)
         if when is None:
             return None
         rows = db.execute(
-            "SELECT rowid, model, version, ids FROM chunks"
-            " WHERE first_at <= ? AND last_at >= ? AND role = 'answer'",
-            (when + 0.001, when - 0.001),
+            "SELECT rowid, model, version, ids FROM chunks WHERE first_at <= ? AND last_at >= ? AND role = ?",
+            (when + 0.001, when - 0.001, role),
         ).fetchall()
         for rowid, model, version, ids in rows:
             position = ids.find(pid)
@@ -333,7 +338,7 @@ class PredictionLog:
                     "SELECT coalesce(sum(n), 0) FROM chunks WHERE last_at < ?", cutoff
                 ).fetchone()[0]
                 db.execute("DELETE FROM chunks WHERE last_at < ?", cutoff)
-                db.execute("DELETE FROM serving_stats WHERE at < ?", cutoff)
+                db.execute("DELETE FROM rollout_stats WHERE at < ?", cutoff)
             if retention.max_rows > 0:
                 doomed = db.execute(
                     "SELECT rowid, n FROM (SELECT rowid, n, sum(n) OVER (ORDER BY last_at DESC, rowid DESC)"
@@ -415,53 +420,44 @@ class PredictionLog:
         array = np.array(rows, dtype=np.int64).reshape(-1, 2)
         return array[:, 0], array[:, 1]
 
-    def stats_since(self, model: str, version: str, since: float) -> tuple[int, int, int, np.ndarray]:
-        """Requests, images, failed requests and the latency histogram of ``version`` since ``since``."""
-        requests = images = errors = 0
+    def rollout_stats(self, rollout: str, version: str) -> tuple[int, int, int, int, np.ndarray]:
+        """Requests, images, failed requests, agreeing images and the latency histogram of ``version``
+        during ``rollout``."""
+        requests = images = errors = agreed = 0
         latency = np.zeros(0, dtype=np.int64)
         with self._connect() as db:
             cursor = db.execute(
-                "SELECT requests, images, errors, latency FROM serving_stats"
-                " WHERE model = ? AND version = ? AND at >= ?",
-                (model, version, since),
+                "SELECT requests, images, errors, agreed, latency FROM rollout_stats"
+                " WHERE rollout = ? AND version = ?",
+                (rollout, version),
             )
-            for r, i, e, blob in cursor:
-                requests, images, errors = requests + r, images + i, errors + e
+            for r, i, e, a, blob in cursor:
+                requests, images, errors, agreed = requests + r, images + i, errors + e, agreed + a
                 counts = np.frombuffer(blob, dtype="<i8")
                 if len(latency) < len(counts):  # the buckets are fixed; this only sizes the first sum
                     latency = np.pad(latency, (0, len(counts) - len(latency)))
                 latency[: len(counts)] += counts
-        return requests, images, errors, latency
+        return requests, images, errors, agreed, latency
 
-    def feedback_since(self, model: str, version: str, since: float) -> dict[str, tuple[int, int]]:
-        """Prediction id -> (predicted, true label) of ``version``'s answers made since ``since``."""
+    def feedback_since(self, model: str, version: str, since: float) -> list[tuple[int, int]]:
+        """(predicted, true label) of ``version``'s labelled answers made since ``since``."""
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT id, label, truth FROM feedback WHERE model = ? AND version = ? AND at >= ?",
+            return db.execute(
+                "SELECT label, truth FROM feedback WHERE model = ? AND version = ? AND at >= ?",
                 (model, version, since),
             ).fetchall()
-        return {pid: (label, truth) for pid, label, truth in rows}
 
-    def shadow_since(
-        self, model: str, version: str, since: float
-    ) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """``version``'s shadow predictions since ``since``: their ids, its labels, and the labels the
-        clients were given for the same requests."""
-        ids: list[str] = []
-        labels, answered = [], []
+    def paired_feedback_since(
+        self, model: str, version: str, shadow: str, since: float
+    ) -> list[tuple[int, int, int]]:
+        """(answered label, ``shadow``'s label, true label) of ``version``'s labelled answers made since
+        ``since`` that ``shadow`` also predicted: both versions judged on the same requests."""
         with self._connect() as db:
-            cursor = db.execute(
-                "SELECT ids, labels, answered FROM chunks"
-                " WHERE model = ? AND version = ? AND role = 'shadow' AND last_at >= ?",
-                (model, version, since),
-            )
-            for chunk_ids, chunk_labels, chunk_answered in cursor:
-                ids.extend(split_ids(chunk_ids))
-                labels.append(np.frombuffer(chunk_labels, dtype=np.uint8))
-                answered.append(np.frombuffer(chunk_answered, dtype=np.uint8))
-        if not labels:
-            return [], np.empty(0, np.uint8), np.empty(0, np.uint8)
-        return ids, np.concatenate(labels), np.concatenate(answered)
+            return db.execute(
+                "SELECT label, shadow_label, truth FROM feedback"
+                " WHERE model = ? AND version = ? AND shadow_version = ? AND at >= ?",
+                (model, version, shadow, since),
+            ).fetchall()
 
     def labelled_inputs(self, since: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Every logged input with a feedback label given after ``since``: pixels [n, 28, 28], true labels."""
@@ -477,7 +473,6 @@ def _chunk(batch: Batch) -> tuple:
     """A ``chunks`` row: the batch's columns as blobs, its time span from its ids."""
     times = [id_time(pid) or 0.0 for pid in (batch.ids[0], batch.ids[-1])]
     probs = np.ascontiguousarray(batch.probabilities, dtype="<f4")
-    answered = None if batch.answered is None else np.asarray(batch.answered, dtype=np.uint8).tobytes()
     return (
         batch.model,
         batch.version,
@@ -489,5 +484,4 @@ def _chunk(batch: Batch) -> tuple:
         probs.tobytes(),
         np.ascontiguousarray(batch.pixels, dtype=np.uint8).tobytes(),
         batch.role,
-        answered,
     )

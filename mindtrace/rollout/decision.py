@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from mindtrace.monitoring import latency
 from mindtrace.monitoring.store import PredictionLog
 from mindtrace.rollout.state import Criteria, Evidence, Mode, Rollout, Status, VersionEvidence
@@ -28,44 +26,41 @@ Decision = tuple[Status, str]
 
 
 def gather(log: PredictionLog, rollout: Rollout, now: float | None = None) -> Evidence:
-    """The evidence of ``rollout`` so far."""
+    """The evidence of ``rollout`` so far: reads that grow with its feedback labels and its flushes, not
+    with its requests."""
     now = time.time() if now is None else now
     since = rollout.started_at.timestamp()
     model, champion, candidate = rollout.model, rollout.champion, rollout.candidate
-    champion_labels = log.feedback_since(model, champion, since)
-    agreement, compared = None, 0
     if rollout.mode == "shadow":
-        ids, labels, answered = log.shadow_since(model, candidate, since)
-        if len(ids):
-            agreement, compared = float(np.mean(labels == answered)), len(ids)
-        shadowed = dict(zip(ids, labels.tolist(), strict=True))
-        # Both judged on the same requests: the labelled ones the candidate also predicted.
-        both = [pid for pid in champion_labels if pid in shadowed]
-        champion_pairs = [champion_labels[pid] for pid in both]
-        candidate_pairs = [(shadowed[pid], champion_labels[pid][1]) for pid in both]
+        # Both judged on the same requests: the labelled answers the candidate also predicted.
+        paired = log.paired_feedback_since(model, champion, candidate, since)
+        champion_pairs = [(answered, truth) for answered, _, truth in paired]
+        candidate_pairs = [(shadowed, truth) for _, shadowed, truth in paired]
     else:
-        champion_pairs = list(champion_labels.values())
-        candidate_pairs = list(log.feedback_since(model, candidate, since).values())
-    first = _version(log, model, champion, since, champion_pairs)
-    second = _version(log, model, candidate, since, candidate_pairs)
+        champion_pairs = log.feedback_since(model, champion, since)
+        candidate_pairs = log.feedback_since(model, candidate, since)
+    first, _ = _version(log, rollout.id, champion, champion_pairs)
+    second, agreed = _version(log, rollout.id, candidate, candidate_pairs)
     total = first.requests + (second.requests if rollout.mode == "canary" else 0)
+    shadow = rollout.mode == "shadow" and second.images > 0
     return Evidence(
         seconds=round(now - since, 1),
         champion=first,
         candidate=second,
         share=round(second.requests / total, 4) if total else None,
-        agreement=agreement,
-        compared=compared,
+        agreement=round(agreed / second.images, 6) if shadow else None,
+        compared=second.images if shadow else 0,
     )
 
 
 def _version(
-    log: PredictionLog, model: str, version: str, since: float, pairs: list[tuple[int, int]]
-) -> VersionEvidence:
-    requests, images, errors, counts = log.stats_since(model, version, since)
+    log: PredictionLog, rollout: str, version: str, pairs: list[tuple[int, int]]
+) -> tuple[VersionEvidence, int]:
+    """One version's evidence, and how many of its shadow predictions agreed with the answers."""
+    requests, images, errors, agreed, counts = log.rollout_stats(rollout, version)
     p99 = latency.quantile(counts, 0.99) if len(counts) else None
     correct = sum(predicted == truth for predicted, truth in pairs)
-    return VersionEvidence(
+    evidence = VersionEvidence(
         version=version,
         requests=requests,
         images=images,
@@ -75,6 +70,7 @@ def _version(
         labelled=len(pairs),
         accuracy=round(correct / len(pairs), 6) if pairs else None,
     )
+    return evidence, agreed
 
 
 def decide(criteria: Criteria, mode: Mode, evidence: Evidence) -> Decision | None:
