@@ -289,12 +289,18 @@ def test_64_clients_see_no_failure_through_start_promote_rollback_and_stop(servi
     try:
         champion = service.champion()
         other = "1" if champion == "2" else "2"
-        # Promoted on requests, errors and latency alone (no labels asked for).
-        _started(service, version=other, mode="canary", percent=50, min_requests=100, min_labels=0)
-        wait_for(lambda: service.state()["status"] == "promoted", 20, "the promotion")
+        # Promoted on requests, errors and latency alone (no labels asked for): within a second or two.
+        quick = service.rollout(
+            "POST", version=other, mode="canary", percent=50, min_requests=100, min_labels=0
+        )
+        assert quick.status_code == 202, quick.text
+        wait_for(lambda: service.state()["status"] == "promoted", 60, "the promotion")
         # Rolled back: not enough evidence in three seconds.
-        _started(service, version=champion, mode="canary", percent=50, min_labels=10**6, max_minutes=0.05)
-        wait_for(lambda: service.state()["status"] == "rolled-back", 20, "the rollback")
+        late = service.rollout(
+            "POST", version=champion, mode="canary", percent=50, min_labels=10**6, max_minutes=0.05
+        )
+        assert late.status_code == 202, late.text
+        wait_for(lambda: service.state()["status"] == "rolled-back", 60, "the rollback")
         _started(service, version=champion, mode="shadow", **PATIENT)
         assert _stopped(service)["status"] == "aborted"
         time.sleep(1)

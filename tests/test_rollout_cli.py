@@ -98,13 +98,13 @@ def test_a_second_start_is_refused_naming_the_running_rollout(setup, canary):
 
 
 def test_status_shows_the_evidence_from_the_prediction_log(setup, canary):
-    model = setup.rollout().model  # the configured default, which the commands used
+    rollout = setup.rollout()  # its model is the configured default, which the commands used
     store = PredictionLog(log_path(setup.config()))
     seconds = np.full(40, 0.004)
     store.write_stats(
         [
-            Stats(model, "1", "answer", 90, 90, 0, latency.histogram(seconds[:36])),
-            Stats(model, "2", "answer", 10, 12, 1, latency.histogram(seconds[:4])),
+            Stats(rollout.id, rollout.model, "1", "answer", 90, 90, 0, 0, latency.histogram(seconds[:36])),
+            Stats(rollout.id, rollout.model, "2", "answer", 10, 12, 1, 0, latency.histogram(seconds[:4])),
         ]
     )
     rollout = Rollout.model_validate_json(setup.run("rollout", "status", "--json").stdout)
