@@ -23,13 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mindtrace.jobs import JOB_ID_PATTERN, JobConflict, JobState
 from mindtrace.registry.errors import RegistryError
 from mindtrace.registry.filters import CONDITION_PATTERN, ORDER_PATTERN
-from mindtrace.registry.names import ALIAS_PATTERN, MODEL_NAME_PATTERN
+from mindtrace.registry.names import ALIAS_PATTERN
 from mindtrace.registry.schemas import AliasEvent, ModelSummary, VersionInfo
 from mindtrace.train_config import TrainRequest
 from service import monitor, oip, rollout
 from service.errors import domain_error, error_response
 from service.guard import describe_errors, error_details
-from service.schemas import AliasMove, ErrorBody
+from service.schemas import AliasMove, ErrorBody, ModelName
 
 app = FastAPI(title="mindtrace control", docs_url=None, redoc_url=None, openapi_url=None)
 app.include_router(oip.router)  # the Open Inference Protocol's /v2 routes
@@ -47,9 +47,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # The registry checks names, aliases and filters itself (422); the patterns only say so in the OpenAPI
 # document. They hold Python regular expressions (lookaheads included), which pydantic's own pattern check
 # does not run, hence json_schema_extra rather than pattern=.
-ModelName = Annotated[
-    str, Path(description="a registered model", json_schema_extra={"pattern": MODEL_NAME_PATTERN})
-]
 Alias = Annotated[
     str,
     Path(

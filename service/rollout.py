@@ -22,24 +22,31 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 
 from mindtrace.registry.errors import NotFoundError, RegistryUnavailableError
-from mindtrace.registry.names import MODEL_NAME_PATTERN
-from mindtrace.rollout import Criteria, Rollout, RolloutRequest, current, decide, finish, gather, start
+from mindtrace.rollout import (
+    Criteria,
+    Rollout,
+    RolloutRequest,
+    current,
+    decide,
+    finish,
+    gather,
+    start,
+    status,
+    stop,
+)
 from service import metrics
 from service.errors import error_response
-from service.schemas import ErrorBody
+from service.schemas import ErrorBody, ModelName
 from service.settings import settings
 
 log = logging.getLogger("mindtrace.service")
 router = APIRouter()
-ModelName = Annotated[
-    str, Path(description="a registered model", json_schema_extra={"pattern": MODEL_NAME_PATTERN})
-]
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown model or version, or no rollout yet"},
     422: {"model": ErrorBody, "description": "invalid parameters; the message names the field"},
@@ -159,12 +166,7 @@ def start_rollout(name: ModelName, body: RolloutRequest) -> Any:
 )
 def rollout_status(name: ModelName) -> Any:
     svc = _service()
-    rollout = current(svc.registry, name)
-    if rollout is None:
-        raise NotFoundError(f"{name!r} has had no rollout; start one with POST .../rollout")
-    if rollout.running:
-        rollout = rollout.model_copy(update={"evidence": gather(svc.monitor.store, rollout)})
-    return rollout
+    return status(svc.registry, name, svc.monitor.store)
 
 
 @router.delete(
@@ -175,15 +177,9 @@ def rollout_status(name: ModelName) -> Any:
 )
 def stop_rollout(name: ModelName) -> Any:
     svc = _service()
-    rollout = current(svc.registry, name)
-    if rollout is None:
-        raise NotFoundError(f"{name!r} has had no rollout")
-    if not rollout.running:
-        return rollout  # stopping what has ended changes nothing
-    evidence = gather(svc.monitor.store, rollout)
-    ended, changed = finish(svc.registry, name, rollout.id, "aborted", "stopped by a person", evidence, "api")
+    ended, changed = stop(svc.registry, name, svc.monitor.store, "api")
     if changed:
         metrics.rollout_decided(name, "aborted")
-    if name == svc.watcher.name:
-        svc.watcher.end_rollout(announce=True)
+    if name == svc.watcher.name and svc.predictor.rollout is not None:
+        svc.watcher.end_rollout(announce=True)  # here at once; the other workers within the swap interval
     return ended

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Path
 from pydantic import BaseModel, Field
 
 from mindtrace.images import EXAMPLE_IMAGE
+from mindtrace.registry.names import MODEL_NAME_PATTERN
 
 __all__ = ["EXAMPLE_IMAGE", "MAX_BATCH"]
 
 MAX_BATCH = 1024
+# The registry checks model names itself (422); the pattern only says so in the OpenAPI document (a Python
+# regular expression, which pydantic's own pattern check would not run).
+ModelName = Annotated[
+    str, Path(description="a registered model", json_schema_extra={"pattern": MODEL_NAME_PATTERN})
+]
 
 
 class ModelRef(BaseModel):

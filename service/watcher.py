@@ -35,13 +35,14 @@ import numpy as np
 from mindtrace.config import Config
 from mindtrace.registry.bento import bento_model_name, bento_tag, load_serving
 from mindtrace.registry.errors import NotFoundError, RegistryError
+from mindtrace.rollout import Rollout, finish
+from mindtrace.rollout.state import from_tags
 from mindtrace.utils import atomic_write
 from service import metrics
 from service.batching import Predictor, Served
 
 if TYPE_CHECKING:
     from mindtrace.registry.query import Registry
-    from mindtrace.rollout import Rollout
 
 log = logging.getLogger("mindtrace.service")
 IMPORT_TIMEOUT_SECONDS = 600
@@ -122,7 +123,7 @@ class Follower:
             self.serve(candidate, announce=self.leads)
             return True
         key = json.dumps({k: target.get(k) for k in ("version", "tag")}, sort_keys=True)
-        if self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < RETRY_SECONDS:
+        if self._failed_lately(key):
             return False
         try:
             self.serve(self._load(target), announce=self.leads)
@@ -135,8 +136,6 @@ class Follower:
 
     def _follow_rollout(self, spec: dict[str, Any] | None) -> None:
         """Load the candidate of the running rollout ``spec`` beside the champion; drop it when none runs."""
-        from mindtrace.rollout import Rollout
-
         predictor = self.predictor
         if spec is None:
             if predictor.rollout is not None:
@@ -144,15 +143,10 @@ class Follower:
             return
         rollout = Rollout.model_validate(spec)
         candidate = predictor.candidate
-        if (
-            predictor.rollout is not None
-            and predictor.rollout == rollout
-            and candidate is not None
-            and candidate.version == rollout.candidate
-        ):
+        if predictor.rollout == rollout and candidate is not None and candidate.version == rollout.candidate:
             return
         key = f"rollout {rollout.id}"
-        if self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < RETRY_SECONDS:
+        if self._failed_lately(key):
             return
         try:
             loaded = candidate if candidate and candidate.version == rollout.candidate else None
@@ -167,6 +161,12 @@ class Follower:
             self._unloadable(rollout, str(exc))
             return
         self.start_rollout(served, rollout, announce=self.leads)
+
+    def _failed_lately(self, key: str) -> bool:
+        """Whether loading ``key`` failed less than ``RETRY_SECONDS`` ago (not tried again at every poll)."""
+        return bool(
+            self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < RETRY_SECONDS
+        )
 
     def _unloadable(self, rollout: Rollout, why: str) -> None:
         """A candidate that cannot be loaded: the leader ends its rollout (followers wait for the leader)."""
@@ -288,19 +288,17 @@ class ChampionWatcher(Follower):
         self.registry = registry
 
     def _target(self) -> dict[str, Any] | None:
-        from mindtrace.rollout.state import ROLLOUT_TAG, Rollout
-
         try:
             version, tags = self.registry.alias_and_tags(self.name, self.alias)
         except NotFoundError:
             return None  # nothing registered yet
         if version is None:
             return None
-        rollout = None
-        if ROLLOUT_TAG in tags:
-            state = Rollout.model_validate_json(tags[ROLLOUT_TAG])
-            rollout = state.model_dump(mode="json") if state.running else None
-        return {"version": version, "rollout": rollout}
+        rollout = from_tags(tags)
+        return {
+            "version": version,
+            "rollout": rollout.model_dump(mode="json") if rollout and rollout.running else None,
+        }
 
     def _serving(self, target: dict[str, Any]) -> bool:
         current = self.predictor.current
@@ -313,8 +311,6 @@ class ChampionWatcher(Follower):
         return loaded or load_version(self.name, spec["candidate"], self.registry)
 
     def _unloadable(self, rollout: Rollout, why: str) -> None:
-        from mindtrace.rollout import finish
-
         reason = f"the candidate cannot be loaded: {why}"
         _, ended = finish(self.registry, self.name, rollout.id, "rolled-back", reason, actor="mindtrace")
         if ended:

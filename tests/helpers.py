@@ -13,7 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+from PIL import Image
+
 from benchmarks.process import free_port, running
+from mindtrace.data.digits import mnist_test_pixels
+from mindtrace.utils import pil_to_ascii
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -64,3 +69,14 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def random_test_digits(data_dir: Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """``n`` MNIST test digits drawn at random, as base64 PNG, and their labels.
+
+    At random: the test set's first half comes from cleaner writers than its second (NIST's SD-3 and SD-1),
+    and the detector tells the first 1,000 digits from the whole set (p = 2e-6).
+    """
+    pixels, labels = mnist_test_pixels(10_000, data_dir)
+    chosen = np.random.default_rng(seed).choice(len(labels), n, replace=False)
+    return [pil_to_ascii(Image.fromarray(pixels[i])) for i in chosen], labels[chosen]

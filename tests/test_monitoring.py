@@ -24,12 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
-from mindtrace.data.digits import mnist_test_pixels
 from mindtrace.monitoring.store import split_ids
 from mindtrace.utils import ascii_to_pil, pil_to_ascii
-from tests.helpers import BIN, served, service_env, train, wait_for
+from tests.helpers import BIN, random_test_digits, served, service_env, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -72,20 +70,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> I
         MINDTRACE__MONITORING__REFRESH_SECONDS="1",
     )  # fmt: skip
     train(env, root, "--policy", "always")
-    texts, labels = _random_test_digits(real_mnist_dir, 1000, seed=7)
+    texts, labels = random_test_digits(real_mnist_dir, 1000, seed=7)
     with served(env, root / "serve.log") as (url, _):
         yield Service(url, root / "home", texts, labels)
-
-
-def _random_test_digits(data_dir: Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:
-    """``n`` MNIST test digits drawn at random, as base64 PNG, and their labels.
-
-    At random: the test set's first half comes from cleaner writers than its second (NIST's SD-3 and SD-1),
-    and the detector tells the first 1,000 digits from the whole set (p = 2e-6).
-    """
-    pixels, labels = mnist_test_pixels(10_000, data_dir)
-    chosen = np.random.default_rng(seed).choice(len(labels), n, replace=False)
-    return [pil_to_ascii(Image.fromarray(pixels[i])) for i in chosen], labels[chosen]
 
 
 def _version(report: dict, version: str = "1") -> dict:
@@ -262,7 +249,7 @@ def test_drift_starts_one_retraining_job_with_the_feedback_digits(tmp_path, real
         MINDTRACE__MONITORING__RETRAIN_CONFIG=str(small),
     )  # fmt: skip
     train(env, tmp_path, "--policy", "always")
-    texts, labels = _random_test_digits(real_mnist_dir, 300, seed=11)
+    texts, labels = random_test_digits(real_mnist_dir, 300, seed=11)
     with served(env, tmp_path / "serve.log") as (url, _):
         answer = requests.post(url + "/inference/batch", json={"images": texts[:200]}, timeout=60).json()
         items = [{"prediction_id": p["prediction_id"], "label": int(label)}

@@ -20,11 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 
-from mindtrace.data.digits import mnist_test_pixels
-from mindtrace.utils import pil_to_ascii
-from tests.helpers import BIN, served, service_env, train, wait_for
+from tests.helpers import BIN, random_test_digits, served, service_env, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -135,11 +132,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> I
         timeout=600,
     )
     assert bad.returncode == 0 and bad.stdout.split()[-1] == "3", bad.stderr[-3000:]
-    pixels, labels = mnist_test_pixels(10_000, real_mnist_dir)
-    chosen = np.random.default_rng(3).choice(len(labels), 2000, replace=False)
-    texts = [pil_to_ascii(Image.fromarray(pixels[i])) for i in chosen]
+    texts, labels = random_test_digits(real_mnist_dir, 2000, seed=3)
     with served(env, root / "serve.log") as (url, _):
-        yield Service(url, env, root, texts, labels[chosen])
+        yield Service(url, env, root, texts, labels)
 
 
 def _started(service: Service, url: str | None = None, **body) -> dict:

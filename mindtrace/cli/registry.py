@@ -157,6 +157,24 @@ def _print_event(args: argparse.Namespace, event) -> int:
     return 0
 
 
+def add_action(
+    actions: argparse._SubParsersAction, name: str, func, help: str, model: bool = True
+) -> argparse.ArgumentParser:
+    """One action of a command that reads the registry (``registry``, ``rollout``), with the options they
+    all take: ``--model`` (unless ``model`` is False), ``--tracking-uri`` and ``--json``."""
+    a = actions.add_parser(name, help=help, description=help)
+    if model:
+        a.add_argument(
+            "--model", "-m", default=None, help="registered model (default: [MLFLOW] REGISTERED_MODEL)"
+        )
+    a.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: [MLFLOW] TRACKING_URI)"
+    )
+    a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a.set_defaults(func=func)
+    return a
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``registry`` and its actions to the top-level parser."""
     p = commands.add_parser(
@@ -165,17 +183,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
 
     def action(name: str, func, help: str, model: bool = True) -> argparse.ArgumentParser:
-        a = actions.add_parser(name, help=help, description=help)
-        if model:
-            a.add_argument(
-                "--model", "-m", default=None, help="registered model (default: [MLFLOW] REGISTERED_MODEL)"
-            )
-        a.add_argument(
-            "--tracking-uri", default=None, help="MLflow tracking URI (default: [MLFLOW] TRACKING_URI)"
-        )
-        a.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        a.set_defaults(func=func)
-        return a
+        return add_action(actions, name, func, help, model=model)
 
     action("models", cmd_models, "list registered models with their aliases and latest versions", model=False)
 

@@ -15,12 +15,13 @@ import argparse
 from typing import TYPE_CHECKING, get_args
 
 from mindtrace.cli.output import cell, console, key_value_table, print_json, table
+from mindtrace.cli.registry import add_action
 from mindtrace.config import Config
-from mindtrace.registry.errors import NotFoundError
 
 if TYPE_CHECKING:
+    from mindtrace.monitoring.store import PredictionLog
     from mindtrace.registry.query import Registry
-    from mindtrace.rollout import Evidence, Rollout, RolloutRequest
+    from mindtrace.rollout import Rollout, RolloutRequest
 
 
 def _registry(args: argparse.Namespace, config: Config | None = None) -> Registry:
@@ -48,36 +49,13 @@ def rollout_request(args: argparse.Namespace, config: Config) -> RolloutRequest:
     return RolloutRequest.model_validate({**defaults, **_given(args, RolloutRequest)})
 
 
-def evidence_so_far(rollout: Rollout, config: Config) -> Evidence | None:
-    """What the shared prediction log holds on ``rollout`` now; None before any service has logged.
-
-    >>> evidence_so_far(current(Registry(), None), Config()).candidate.requests   # doctest: +SKIP
-    212
-    """
+def _log(config: Config) -> PredictionLog | None:
+    """The shared prediction log, where the evidence comes from; None before any service has logged."""
     from mindtrace.monitoring.store import PredictionLog, log_path
-    from mindtrace.rollout import gather
 
     path = log_path(config)
-    if not path.exists():  # PredictionLog would create an empty log (and its folder) just to read nothing
-        return None
-    return gather(PredictionLog(path), rollout)
-
-
-def _with_evidence(rollout: Rollout, config: Config) -> Rollout:
-    """A running rollout with its evidence as of now; an ended one keeps the evidence it was decided on."""
-    if not rollout.running:
-        return rollout
-    return rollout.model_copy(update={"evidence": evidence_so_far(rollout, config)})
-
-
-def _last(registry: Registry, model: str | None) -> Rollout:
-    from mindtrace.rollout import current
-
-    rollout = current(registry, model)
-    if rollout is None:
-        name = registry.model_name(model)
-        raise NotFoundError(f"{name!r} has had no rollout; start one with `mindtrace rollout start`")
-    return rollout
+    # PredictionLog would create an empty log (and its folder) just to read nothing.
+    return PredictionLog(path) if path.exists() else None
 
 
 def _swap_note(config: Config) -> str:
@@ -129,8 +107,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     >>> main(["rollout", "status"])   # doctest: +SKIP
     0
     """
+    from mindtrace.rollout import status
+
     config = Config()
-    rollout = _with_evidence(_last(_registry(args, config), args.model), config)
+    rollout = status(_registry(args, config), args.model, _log(config))
     if args.json:
         print_json(rollout)
         return 0
@@ -146,16 +126,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
     >>> main(["rollout", "stop"])   # doctest: +SKIP
     0
     """
-    from mindtrace.rollout import finish
+    from mindtrace.rollout import stop
 
     config = Config()
     registry = _registry(args, config)
-    rollout = _last(registry, args.model)
-    changed = False
-    if rollout.running:
-        evidence = evidence_so_far(rollout, config)
-        reason = "stopped by a person"
-        rollout, changed = finish(registry, rollout.model, rollout.id, "aborted", reason, evidence)
+    rollout, changed = stop(registry, args.model, _log(config))
     if args.json:
         print_json(rollout)
         return 0
@@ -227,16 +202,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
 
     def action(name: str, func, help: str) -> argparse.ArgumentParser:
-        a = actions.add_parser(name, help=help, description=help)
-        a.add_argument(
-            "--model", "-m", default=None, help="registered model (default: [MLFLOW] REGISTERED_MODEL)"
-        )
-        a.add_argument(
-            "--tracking-uri", default=None, help="MLflow tracking URI (default: [MLFLOW] TRACKING_URI)"
-        )
-        a.add_argument("--json", action="store_true", help="print the rollout as JSON instead of a table")
-        a.set_defaults(func=func)
-        return a
+        return add_action(actions, name, func, help)
 
     fields = RolloutRequest.model_fields
     a = action("start", cmd_start, "roll a version out beside the champion, as a canary or in shadow")

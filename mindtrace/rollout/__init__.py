@@ -4,7 +4,7 @@
 decides. The service routes the requests (``service.rollout``); ``mindtrace rollout`` drives it from a shell.
 """
 
-from mindtrace.rollout.decision import decide, gather
+from mindtrace.rollout.decision import decide, gather, status, stop
 from mindtrace.rollout.state import Criteria, Evidence, Rollout, RolloutRequest, current, finish, start
 
 __all__ = [
@@ -17,4 +17,6 @@ __all__ = [
     "finish",
     "gather",
     "start",
+    "status",
+    "stop",
 ]

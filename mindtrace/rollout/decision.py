@@ -17,10 +17,24 @@ same whoever gathers it: the service's leader worker, another replica's, or ``mi
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from mindtrace.monitoring import latency
 from mindtrace.monitoring.store import PredictionLog
-from mindtrace.rollout.state import Criteria, Evidence, Mode, Rollout, Status, VersionEvidence
+from mindtrace.registry.errors import NotFoundError
+from mindtrace.rollout.state import (
+    Criteria,
+    Evidence,
+    Mode,
+    Rollout,
+    Status,
+    VersionEvidence,
+    current,
+    finish,
+)
+
+if TYPE_CHECKING:
+    from mindtrace.registry.query import Registry
 
 Decision = tuple[Status, str]
 
@@ -71,6 +85,35 @@ def _version(
         accuracy=round(correct / len(pairs), 6) if pairs else None,
     )
     return evidence, agreed
+
+
+def status(registry: Registry, name: str | None, log: PredictionLog | None) -> Rollout:
+    """The model's current or last rollout, a running one with its evidence as of now (none without a
+    ``log``); ``NotFoundError`` when it never had one. What GET .../rollout and ``mindtrace rollout status``
+    show."""
+    rollout = _last(registry, name)
+    if rollout.running and log is not None:
+        rollout = rollout.model_copy(update={"evidence": gather(log, rollout)})
+    return rollout
+
+
+def stop(
+    registry: Registry, name: str | None, log: PredictionLog | None, actor: str | None = None
+) -> tuple[Rollout, bool]:
+    """A person's stop: the running rollout ends ``aborted`` with its evidence so far. Returns the rollout
+    and whether this call ended it (an ended one is returned as it is: stopping it changes nothing)."""
+    rollout = _last(registry, name)
+    if not rollout.running:
+        return rollout, False
+    evidence = None if log is None else gather(log, rollout)
+    return finish(registry, rollout.model, rollout.id, "aborted", "stopped by a person", evidence, actor)
+
+
+def _last(registry: Registry, name: str | None) -> Rollout:
+    rollout = current(registry, name)
+    if rollout is None:
+        raise NotFoundError(f"{registry.model_name(name)!r} has had no rollout; start one first")
+    return rollout
 
 
 def decide(criteria: Criteria, mode: Mode, evidence: Evidence) -> Decision | None:

@@ -181,7 +181,16 @@ def _actor(name: str | None) -> str:
 
 def current(registry: Registry, name: str | None = None) -> Rollout | None:
     """The model's current or last rollout; None when it never had one."""
-    text = registry.model_tags(registry.model_name(name)).get(ROLLOUT_TAG)
+    return from_tags(registry.model_tags(registry.model_name(name)))
+
+
+def from_tags(tags: dict[str, str]) -> Rollout | None:
+    """The rollout recorded in a registered model's ``tags``; None when there is none.
+
+    >>> from_tags({"team": "vision"}) is None
+    True
+    """
+    text = tags.get(ROLLOUT_TAG)
     return None if text is None else Rollout.model_validate_json(text)
 
 
