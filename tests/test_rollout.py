@@ -284,8 +284,9 @@ def test_64_clients_see_no_failure_through_start_promote_rollback_and_stop(servi
     try:
         champion = service.champion()
         other = "1" if champion == "2" else "2"
-        # Promoted on requests, errors and latency alone (no labels asked for): within a second or two. The p99
-        # of a hundred requests is their slowest, often a freshly loaded candidate's first call: a wide margin.
+        # Promoted on requests, errors and latency alone (no labels asked for): within a second or two.
+        # The p99 of a hundred requests is their slowest, often a freshly loaded candidate's first call:
+        # a wide margin.
         quick = service.rollout(
             "POST",
             version=other,
