@@ -200,12 +200,12 @@ class Mindtrace:
             return error_response(503, HOW_TO_TRAIN)
         except Overloaded as exc:
             return error_response(503, f"{exc}; retry shortly")
-        ids = self.recorder.record(pixels, probs, served.name, served.version)
+        ids, logged = self.recorder.record(pixels, probs, served.name, served.version)
         if rollout is not None:
             role = "canary" if served.version == rollout.candidate else "champion"
             metrics.routed(served.name, served.version, role)
             if shadow and role == "champion":
-                if self.predictor.shadow(pixels, "".join(ids), probs.argmax(axis=1)):
+                if self.predictor.shadow(pixels, probs.argmax(axis=1), "".join(ids) if logged else None):
                     metrics.routed(served.name, rollout.candidate, "shadow")
                 else:
                     metrics.shadow_dropped(len(ids))

@@ -60,9 +60,9 @@ class Overloaded(RuntimeError):
 # After each model call during a rollout: its id, the model, its role (answer or shadow), the requests and
 # images, the call's duration in seconds, and whether it failed.
 CallObserver = Callable[[str, Served, str, int, int, float, bool], None]
-# After each shadow call: the rollout's id, the candidate, its probabilities, the pixels, and the shadowed
-# requests' ids (one string) and the labels they were answered with.
-ShadowSink = Callable[[str, Served, np.ndarray, np.ndarray, str, np.ndarray], None]
+# After each shadow call: the rollout's id, the candidate, its probabilities, the labels the requests were
+# answered with, the pixels, which images' answers the prediction log sampled, and their ids (one string).
+ShadowSink = Callable[[str, Served, np.ndarray, np.ndarray, np.ndarray, np.ndarray, str], None]
 MAX_SHADOW_IMAGES = 4096  # shadow work waiting beyond this is dropped: the answers come first
 
 
@@ -77,8 +77,10 @@ class _Job:
 @dataclass
 class _Shadow:
     pixels: np.ndarray
-    ids: str  # the answered requests' prediction ids, as one string (mindtrace.monitoring.store.new_ids)
     answered: np.ndarray  # the labels the clients were given
+    # The answers' prediction ids as one string (mindtrace.monitoring.store.new_ids), None when the log's
+    # sample left the answer out: its shadow prediction is then counted but not logged either.
+    ids: str | None
 
 
 class Predictor:
@@ -117,12 +119,13 @@ class Predictor:
         self._wake(loop)
         return await job.future
 
-    def shadow(self, pixels: np.ndarray, ids: str, answered: np.ndarray) -> bool:
-        """Queue answered requests for the candidate to predict off the answer path; False when the shadow
+    def shadow(self, pixels: np.ndarray, answered: np.ndarray, ids: str | None) -> bool:
+        """Queue an answered request for the candidate to predict off the answer path: its pixels, the labels
+        it was answered with and its prediction ids (None: not in the log's sample); False when the shadow
         queue is full (the work is dropped)."""
         if self._shadow_images + len(pixels) > MAX_SHADOW_IMAGES:
             return False
-        self._shadow.append(_Shadow(pixels, ids, answered))
+        self._shadow.append(_Shadow(pixels, answered, ids))
         self._shadow_images += len(pixels)
         self._wake(asyncio.get_running_loop())
         return True
@@ -219,9 +222,10 @@ class Predictor:
             self._observed(candidate, "shadow", work, images, started, failed=True)
             return
         self._observed(candidate, "shadow", work, images, started, failed=False)
-        ids = "".join(item.ids for item in work)
         answered = np.concatenate([item.answered for item in work])
-        self.shadow_sink(rollout.id, candidate, probs, pixels, ids, answered)
+        logged = np.concatenate([np.full(len(item.pixels), item.ids is not None) for item in work])
+        ids = "".join(item.ids for item in work if item.ids is not None)
+        self.shadow_sink(rollout.id, candidate, probs, answered, pixels, logged, ids)
 
     def _observed(
         self, served: Served, role: str, jobs: list, images: int, started: float, failed: bool

@@ -11,12 +11,13 @@ collector does not track (numpy arrays are not containers), so once the collecto
 stops tracking it, and logging adds nothing for full collections to walk (DESIGN.md, "Garbage
 collection"). A flush writes one row per version, its columns as blobs (``mindtrace.monitoring.store``).
 
-During a rollout the recorder also logs the candidate's shadow predictions (``record_shadow``, under the
-answered requests' ids), and every flush writes each version's model-call counts, agreement and latency
-histogram for that rollout (``observe``): the evidence it decides on, shared by all workers and replicas.
+During a rollout the recorder also logs the candidate's shadow predictions of the requests whose answers
+the sample logged (``record_shadow``, under the answers' ids), and every flush writes each version's
+model-call counts, agreement and latency histogram for that rollout (``observe``): the evidence it decides
+on, shared by all workers and replicas.
 
 >>> recorder = Recorder(PredictionLog(path), 1.0, flush_seconds=1, max_pending=50_000)  # doctest: +SKIP
->>> ids = recorder.record(pixels, probs, "mnist-mlp", "3")                              # doctest: +SKIP
+>>> ids, logged = recorder.record(pixels, probs, "mnist-mlp", "3")                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -69,26 +70,32 @@ class Recorder:
         self._thread = threading.Thread(target=self._loop, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def record(self, pixels: np.ndarray, probs: np.ndarray, model: str, version: str) -> list[str]:
-        """The prediction ids of one answered request (``pixels`` [n, 28, 28], ``probs`` [n, 10]); a
-        sampled request is queued for the log."""
+    def record(
+        self, pixels: np.ndarray, probs: np.ndarray, model: str, version: str
+    ) -> tuple[list[str], bool]:
+        """The prediction ids of one answered request (``pixels`` [n, 28, 28], ``probs`` [n, 10]), and
+        whether the request was sampled (queued for the log)."""
         text = new_ids(len(probs))
-        if self.sample >= 1 or random.random() < self.sample:
+        sampled = self.sample >= 1 or random.random() < self.sample
+        if sampled:
             self._queue(text, model, version, pixels, probs, "answer")
-        return split_ids(text)
+        return split_ids(text), sampled
 
     def record_shadow(
         self,
         rollout: str,
         served: Served,
         probs: np.ndarray,
-        pixels: np.ndarray,
-        ids: str,
         answered: np.ndarray,
+        pixels: np.ndarray,
+        logged: np.ndarray,
+        ids: str,
     ) -> None:
-        """Queue a candidate's shadow predictions of answered requests (``ids``, as one string), and count
-        how many agree with the labels the clients got (``answered``)."""
-        self._queue(ids, served.name, served.version, pixels, probs, "shadow")
+        """Count how many of a candidate's shadow predictions agree with the labels the clients got
+        (``answered``), and queue those whose answers were logged (the mask ``logged``) under their
+        answers' ``ids`` (one string): like the answers, the shadow follows the log's sample."""
+        if ids:
+            self._queue(ids, served.name, served.version, pixels[logged], probs[logged], "shadow")
         agreed = int((probs.argmax(axis=1) == answered).sum())
         with self._stats_lock:
             self._entry((rollout, served.name, served.version, "shadow"))[3] += agreed

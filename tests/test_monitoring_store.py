@@ -178,10 +178,11 @@ def test_the_recorder_bounds_its_queue_and_writes_in_one_flush(tmp_path):
     recorder = Recorder(log, sample=1.0, flush_seconds=60, max_pending=100)
     probs = RNG.dirichlet(np.ones(10), 64).astype(np.float32)
     pixels = np.zeros((64, 28, 28), np.uint8)
-    first = recorder.record(pixels, probs, "m", "1")
-    second = recorder.record(pixels, probs, "m", "1")  # 128 > 100: not logged, still answered with ids
+    first, _ = recorder.record(pixels, probs, "m", "1")
+    second, _ = recorder.record(pixels, probs, "m", "1")  # 128 > 100: not logged, still answered with ids
     assert len(first) == len(second) == 64
     assert recorder.flush() == 64 and log.count("m", "1")[0] == 64
-    assert recorder.record(pixels, probs, "m", "1") and recorder.flush() == 64  # room again
+    assert recorder.record(pixels, probs, "m", "1")[1] and recorder.flush() == 64  # room again
     unsampled = Recorder(log, sample=0.0, flush_seconds=60, max_pending=100)
-    assert len(unsampled.record(pixels, probs, "m", "2")) == 64 and unsampled.flush() == 0
+    ids, sampled = unsampled.record(pixels, probs, "m", "2")
+    assert len(ids) == 64 and not sampled and unsampled.flush() == 0
