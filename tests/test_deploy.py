@@ -10,8 +10,8 @@
 - Most importantly, every metric a query names (dashboard and alerts alike) is exported by a real running
   service, and every label a query matches or groups on is carried by it. A query on a misspelt metric or
   label is valid PromQL that silently selects nothing: an empty panel, an alert that can never fire. So the
-  names are compared with a real ``bentoml serve``'s /metrics, after traffic (good and bad requests) and a
-  retraining job have made the service create its series.
+  names are compared with a real ``bentoml serve``'s /metrics, after traffic (good and bad requests), a
+  retraining job and a canary rollout have made the service create its series.
 
 Names are compared as Prometheus stores them, suffix included: a counter ``x`` is scraped as ``x_total``
 (``x_created`` is not exported by the multiprocess collector BentoML uses), a histogram as ``x_bucket``,
@@ -257,6 +257,9 @@ def test_the_dashboard_is_self_contained_and_shows_what_it_promises():
         "model swaps": "mindtrace_model_swaps_total",
         "retrain jobs": "mindtrace_retrain_jobs_total",
         "prediction log written / dropped": "mindtrace_prediction_log_dropped_total",
+        "rollout traffic by version and role": "mindtrace_rollout_requests_total",
+        "rollout candidate": "mindtrace_rollout_candidate",
+        "rollout decisions": "mindtrace_rollout_decisions_total",
     }
     for title, needle in promised.items():
         found = [t for t in exprs if title in t.lower()]
@@ -312,8 +315,8 @@ class Exposed:
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> Exposed:
-    """/metrics of a real service serving a tiny model, after good, rejected and unauthorised predictions
-    and a finished retraining job."""
+    """/metrics of a real service serving a tiny model, after good, rejected and unauthorised predictions,
+    a finished retraining job and a canary rollout stopped by hand."""
     root = tmp_path_factory.mktemp("deploy")
     env = service_env(
         root / "home", real_mnist_dir.parent, root / "bentoml",
@@ -341,7 +344,27 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> E
             text = requests.get(url + "/metrics", timeout=30).text
             return text if "mindtrace_retrain_jobs_total" in text else None
 
-        metrics = wait_for(counted, 30, "the finished job to be counted")
+        wait_for(counted, 30, "the finished job to be counted")
+
+        # A canary of the first version (the job promoted the second), answering until it is seen, then
+        # stopped by hand: the rollout series exist only once a rollout has run.
+        rollout = f"{url}/registry/models/mnist-mlp/rollout"
+        started = requests.post(rollout, json={"version": "1", "percent": 50}, headers=ADMIN, timeout=60)
+        assert started.status_code == 202, started.text
+
+        def canary_answered() -> bool:
+            body = {"image": EXAMPLE_IMAGE}
+            answer = requests.post(url + "/inference", json=body, headers=INFER, timeout=60)
+            return answer.json()["model"]["version"] == "1"
+
+        wait_for(canary_answered, 120, "the canary to answer", interval=0.2)
+        assert requests.delete(rollout, headers=ADMIN, timeout=60).status_code == 200
+
+        def decided() -> str | None:
+            text = requests.get(url + "/metrics", timeout=30).text
+            return text if "mindtrace_rollout_decisions_total" in text else None
+
+        metrics = wait_for(decided, 30, "the stopped rollout to be counted")
     (root / "metrics.txt").write_text(metrics)
     return Exposed.parse(metrics)
 
