@@ -103,6 +103,7 @@ class Mindtrace:
             if leader
             else Follower(self.predictor, settings)
         )
+        metrics.start_at_zero(self.watcher.name)
         self.watcher.start()
         if leader:
             self.monitor.start_refresh(settings["MONITORING"].getfloat("REFRESH_SECONDS"))

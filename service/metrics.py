@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import bentoml
 import numpy as np
+
+from mindtrace.rollout.state import Status as RolloutStatus
 
 if TYPE_CHECKING:
     from mindtrace.monitoring import VersionReport
@@ -69,6 +71,19 @@ DRIFT_DETECTED = bentoml.metrics.Gauge(
     documentation="1 when the drift test rejects 'same distribution as the reference' at alpha",
     **_BY_VERSION,
 )
+
+
+def start_at_zero(model: str) -> None:
+    """Create the outcome counters' series at 0 in this worker. A series that first appears at 1 has no
+    earlier sample, so ``increase()`` and ``rate()`` miss its first event: without this, the first swap,
+    finished job or rollout decision of each outcome would never show on a panel or fire an alert."""
+    for outcome in ("swapped", "failed"):
+        SWAPS.labels(outcome=outcome)
+    for outcome in ("succeeded", "failed"):
+        JOBS.labels(outcome=outcome)
+    for outcome in get_args(RolloutStatus):
+        if outcome != "running":
+            ROLLOUT_DECISIONS.labels(model=model, outcome=outcome)
 
 
 def count_predictions(labels: np.ndarray) -> None:

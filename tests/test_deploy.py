@@ -34,6 +34,7 @@ import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from mindtrace.images import EXAMPLE_IMAGE
 from tests.helpers import ROOT, served, service_env, train, wait_for
@@ -198,7 +199,7 @@ def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_the_alert_rules_are_valid():
     done = promtool("check", "rules", ALERTS)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 6 rules found" in done.stdout
 
 
 @needs_promtool
@@ -279,17 +280,22 @@ def test_the_dashboard_is_self_contained_and_shows_what_it_promises():
 
 @dataclass
 class Exposed:
-    """What a scrape of /metrics holds: each sample name with the label names it carries."""
+    """What a scrape of /metrics holds: each sample name with the label names it carries, and the samples."""
 
     labels: dict[str, set[str]]
+    samples: list[Sample]
 
     @classmethod
     def parse(cls, text: str) -> Exposed:
         labels: dict[str, set[str]] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels.setdefault(sample.name, set()).update(sample.labels)
-        return cls(labels)
+        samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+        for sample in samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+        return cls(labels, samples)
+
+    def values(self, name: str, label: str) -> dict[str, float]:
+        """The values of the samples ``name`` by their ``label``."""
+        return {s.labels[label]: s.value for s in self.samples if s.name == name}
 
     def family_of(self, name: str) -> str | None:
         """An exposed sample of the family ``name`` belongs to, if ``name`` itself is not exposed."""
@@ -340,9 +346,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> E
             300, "the retraining job to finish", interval=1,
         )  # fmt: skip
 
-        def counted() -> str | None:
+        def counted() -> bool:
             text = requests.get(url + "/metrics", timeout=30).text
-            return text if "mindtrace_retrain_jobs_total" in text else None
+            return sum(Exposed.parse(text).values("mindtrace_retrain_jobs_total", "outcome").values()) == 1
 
         wait_for(counted, 30, "the finished job to be counted")
 
@@ -360,11 +366,12 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> E
         wait_for(canary_answered, 120, "the canary to answer", interval=0.2)
         assert requests.delete(rollout, headers=ADMIN, timeout=60).status_code == 200
 
-        def decided() -> str | None:
+        def aborted() -> str | None:
             text = requests.get(url + "/metrics", timeout=30).text
-            return text if "mindtrace_rollout_decisions_total" in text else None
+            decisions = Exposed.parse(text).values("mindtrace_rollout_decisions_total", "outcome")
+            return text if decisions.get("aborted") == 1 else None
 
-        metrics = wait_for(decided, 30, "the stopped rollout to be counted")
+        metrics = wait_for(aborted, 30, "the stopped rollout to be counted")
     (root / "metrics.txt").write_text(metrics)
     return Exposed.parse(metrics)
 
@@ -374,6 +381,15 @@ def test_the_service_exports_bentomls_request_metrics_with_the_labels_the_querie
     for name in ("bentoml_service_request_total", "bentoml_service_request_duration_seconds_bucket"):
         assert {"endpoint", "http_response_code", "service_name"} <= scraped.labels[name], name
     assert "le" in scraped.labels["bentoml_service_request_duration_seconds_bucket"]
+
+
+@pytest.mark.slow
+def test_outcome_counters_start_at_zero_so_that_increase_sees_their_first_event(scraped):
+    decisions = scraped.values("mindtrace_rollout_decisions_total", "outcome")
+    assert decisions == {"promoted": 0, "rolled-back": 0, "aborted": 1}
+    swaps = scraped.values("mindtrace_model_swaps_total", "outcome")
+    assert swaps["failed"] == 0 and swaps["swapped"] >= 1
+    assert scraped.values("mindtrace_retrain_jobs_total", "outcome") == {"succeeded": 1, "failed": 0}
 
 
 @pytest.mark.slow
