@@ -366,12 +366,16 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> E
         wait_for(canary_answered, 120, "the canary to answer", interval=0.2)
         assert requests.delete(rollout, headers=ADMIN, timeout=60).status_code == 200
 
-        def aborted() -> str | None:
+        # The monitoring gauges are set by the leader's refresh (every 15 s) and by GET /monitoring: asked
+        # for here, so that the scrape does not depend on how long the steps above took.
+        assert requests.get(url + "/monitoring", headers=ADMIN, timeout=60).status_code == 200
+
+        def complete() -> str | None:
             text = requests.get(url + "/metrics", timeout=30).text
             decisions = Exposed.parse(text).values("mindtrace_rollout_decisions_total", "outcome")
-            return text if decisions.get("aborted") == 1 else None
+            return text if decisions.get("aborted") == 1 and "mindtrace_drift_detected" in text else None
 
-        metrics = wait_for(aborted, 30, "the stopped rollout to be counted")
+        metrics = wait_for(complete, 30, "the stopped rollout to be counted and the monitoring gauges set")
     (root / "metrics.txt").write_text(metrics)
     return Exposed.parse(metrics)
 
