@@ -19,14 +19,14 @@ The formats:
   SQLite store does: all or nothing) means scanning the id column of every prediction file. A long-lived
   log would also need compaction of the small files; not measured here.
 
-Then, with the writers done: the newest ``read`` rows of each version (probabilities and pixels), and
+Then, with the writers done: the newest ``read`` rows of each version (their probabilities), and
 ``feedback`` labels applied by prediction id, each timed ``repeats`` times (the median counts).
 
 >>> import tempfile
 >>> log = ParquetLog(Path(tempfile.mkdtemp()))
 >>> probs = np.eye(10, dtype=np.float32)[[3, 5]]
 >>> log.write(["a1", "b2"], np.array([1.0, 2.0]), "m", ["1", "1"], probs, np.zeros((2, 28, 28), np.uint8))
->>> log.recent("m", "1", 1)[0].argmax(axis=1)
+>>> log.recent("m", "1", 1).argmax(axis=1)
 array([5])
 >>> log.add_feedback({"a1": 3}), log.add_feedback({"zz": 1})
 (1, 0)
@@ -136,8 +136,8 @@ class ParquetLog:
     def _files(self, folder: Path) -> list[Path]:
         return sorted((p for p in folder.iterdir() if p.suffix == ".parquet"), reverse=True)
 
-    def recent(self, model: str, version: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """The newest ``limit`` rows of ``version``: probabilities [n, 10] and pixels [n, 28, 28].
+    def recent(self, model: str, version: str, limit: int) -> np.ndarray:
+        """The probabilities [n, 10] of the newest ``limit`` rows of ``version``.
 
         Files are read newest first and the scan stops once the next file's newest row is older than the
         ``limit``-th newest row found: two writers' files overlap in time, so one file more is not enough.
@@ -152,17 +152,15 @@ class ParquetLog:
                 break
             part = pq.read_table(
                 path,
-                columns=["at", "probabilities", "pixels"],
+                columns=["at", "probabilities"],
                 filters=[("model", "=", model), ("version", "=", version)],
             )
             parts.append(part)
             found = np.concatenate([found, part.column("at").to_numpy()])
         if not parts:
-            return np.empty((0, 10), np.float32), np.empty((0, 28, 28), np.uint8)
+            return np.empty((0, 10), np.float32)
         table = pa.concat_tables(parts).sort_by([("at", "descending")]).slice(0, limit)
-        probs = np.frombuffer(_binary_buffer(table.column("probabilities")), "<f4").reshape(-1, 10)
-        pixels = np.frombuffer(_binary_buffer(table.column("pixels")), np.uint8).reshape(-1, 28, 28)
-        return probs, pixels
+        return np.frombuffer(_binary_buffer(table.column("probabilities")), "<f4").reshape(-1, 10)
 
     def add_feedback(self, labels: Mapping[str, int], at: float | None = None, check: bool = True) -> int:
         """Store true ``labels`` by id, all or nothing: 0 (nothing stored) when an id was never logged.
@@ -385,7 +383,7 @@ def measure_format(fmt: str, folder: Path, options: PredlogOptions, digits: np.n
     log, _ = _opener(fmt, folder)
     reads = {}
     for version in VERSIONS:
-        seconds, (probs, _) = _median_seconds(
+        seconds, probs = _median_seconds(
             lambda _, version=version: log.recent(MODEL, version, options.read), options.repeats
         )
         if len(probs) != options.read:

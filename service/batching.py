@@ -61,8 +61,8 @@ class Overloaded(RuntimeError):
 # images, the call's duration in seconds, and whether it failed.
 CallObserver = Callable[[str, Served, str, int, int, float, bool], None]
 # After each shadow call: the rollout's id, the candidate, its probabilities, the labels the requests were
-# answered with, the pixels, which images' answers the prediction log sampled, and their ids (one string).
-ShadowSink = Callable[[str, Served, np.ndarray, np.ndarray, np.ndarray, np.ndarray, str], None]
+# answered with, which images' answers the prediction log sampled, and their ids (one string).
+ShadowSink = Callable[[str, Served, np.ndarray, np.ndarray, np.ndarray, str], None]
 MAX_SHADOW_IMAGES = 4096  # shadow work waiting beyond this is dropped: the answers come first
 
 
@@ -225,7 +225,7 @@ class Predictor:
         answered = np.concatenate([item.answered for item in work])
         logged = np.concatenate([np.full(len(item.pixels), item.ids is not None) for item in work])
         ids = "".join(item.ids for item in work if item.ids is not None)
-        self.shadow_sink(rollout.id, candidate, probs, answered, pixels, logged, ids)
+        self.shadow_sink(rollout.id, candidate, probs, answered, logged, ids)
 
     def _observed(
         self, served: Served, role: str, jobs: list, images: int, started: float, failed: bool

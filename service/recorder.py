@@ -54,8 +54,8 @@ class Recorder:
         self.flush_seconds = flush_seconds
         self.max_pending = max_pending
         self.retention = retention
-        # (ids, model, version, pixels, probabilities, role)
-        self._pending: deque[tuple[str, str, str, np.ndarray, np.ndarray, str]] = deque()
+        # (ids, model, version, pixels (None for shadow predictions), probabilities, role)
+        self._pending: deque[tuple[str, str, str, np.ndarray | None, np.ndarray, str]] = deque()
         # (rollout, model, version, role) -> [requests, images, errors, agreed, latency histogram], since the
         # last flush
         self._stats: dict[tuple[str, str, str], list] = {}
@@ -87,15 +87,15 @@ class Recorder:
         served: Served,
         probs: np.ndarray,
         answered: np.ndarray,
-        pixels: np.ndarray,
         logged: np.ndarray,
         ids: str,
     ) -> None:
         """Count how many of a candidate's shadow predictions agree with the labels the clients got
         (``answered``), and queue those whose answers were logged (the mask ``logged``) under their
-        answers' ``ids`` (one string): like the answers, the shadow follows the log's sample."""
+        answers' ``ids`` (one string): like the answers, the shadow follows the log's sample. Without the
+        pixels: the answers' rows hold them."""
         if ids:
-            self._queue(ids, served.name, served.version, pixels[logged], probs[logged], "shadow")
+            self._queue(ids, served.name, served.version, None, probs[logged], "shadow")
         agreed = int((probs.argmax(axis=1) == answered).sum())
         with self._stats_lock:
             self._entry((rollout, served.name, served.version, "shadow"))[3] += agreed
@@ -125,7 +125,7 @@ class Recorder:
         return entry
 
     def _queue(
-        self, ids: str, model: str, version: str, pixels: np.ndarray, probs: np.ndarray, role: str
+        self, ids: str, model: str, version: str, pixels: np.ndarray | None, probs: np.ndarray, role: str
     ) -> None:
         n = len(probs)
         if self._queued_rows - self._taken_rows + n > self.max_pending:
@@ -152,7 +152,7 @@ class Recorder:
                     model=model,
                     version=version,
                     probabilities=np.concatenate([e[4] for e in entries]),
-                    pixels=np.concatenate([e[3] for e in entries]),
+                    pixels=None if role == "shadow" else np.concatenate([e[3] for e in entries]),
                     role=role,
                 )
                 for (model, version, role), entries in by_version.items()

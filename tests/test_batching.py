@@ -4,6 +4,7 @@ shadow candidate predicts off the answer path."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -90,7 +91,8 @@ def test_no_model_means_not_serving():
 
 def test_a_shadow_is_counted_in_full_and_logged_as_its_answers_were_sampled(tmp_path: Path):
     """Requests answered by the champion, then predicted by the candidate in shadow through a real
-    recorder: agreement counts every shadowed image; the log holds shadow rows only for logged answers."""
+    recorder: agreement counts every shadowed image; the log holds shadow rows only for logged answers, and
+    without their pixels (the answers' rows have them)."""
     log = PredictionLog(tmp_path / "p.db")
     recorder = Recorder(log, sample=0.5, flush_seconds=60, max_pending=10_000)
     predictor = Predictor(8, 10_000, observe=recorder.observe, shadow_sink=recorder.record_shadow)
@@ -124,6 +126,9 @@ def test_a_shadow_is_counted_in_full_and_logged_as_its_answers_were_sampled(tmp_
     agreed = int((champion(pixels).argmax(axis=1) == candidate(pixels).argmax(axis=1)).sum())
     assert 0 < logged < len(pixels)  # the sample left some answers out
     assert log.count("mnist-mlp", "1")[0] == log.count("mnist-mlp", "2")[0] == logged
+    with sqlite3.connect(log.path) as db:
+        pixel_bytes = dict(db.execute("SELECT role, sum(length(pixels)) FROM chunks GROUP BY role"))
+    assert pixel_bytes == {"answer": logged * 28 * 28, "shadow": 0}
     _, images, errors, shadow_agreed, _ = log.rollout_stats("r1", "2")
     assert (images, errors, shadow_agreed) == (len(pixels), 0, agreed)
     assert log.rollout_stats("r1", "1")[1] == len(pixels)  # the champion's calls, counted for the evidence

@@ -115,7 +115,7 @@ def version_report(
 ) -> VersionReport:
     """Requests, feedback, live accuracy, label histogram and drift verdict of ``version``."""
     requests, feedback = log.count(model, version)
-    probs, _ = log.recent(model, version, settings.window)
+    probs = log.recent(model, version, settings.window)
     predicted, truth = log.labelled(model, version, settings.accuracy_window)
     if reference is None:
         drift = DriftVerdict(

@@ -160,13 +160,14 @@ class Batch:
     probabilities ``[n, 10]`` and the pixels the model took ``[n, 28, 28]`` (uint8).
 
     ``role`` is ``answer`` for predictions that answered a client, ``shadow`` for a rollout candidate's
-    predictions of the same requests (same ids), made off the answer path."""
+    predictions of the same requests (same ids), made off the answer path. A shadow batch has no pixels:
+    the answers' rows under the same ids hold them."""
 
     ids: Sequence[str]
     model: str
     version: str
     probabilities: np.ndarray
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     role: str = "answer"
 
 
@@ -307,7 +308,7 @@ class PredictionLog:
 
     def _find(self, db: sqlite3.Connection, pid: str, role: str = "answer") -> tuple | None:
         """(model, version, time, predicted label, pixels) of a logged prediction (the answer, or a shadow
-        prediction of the same request), or None."""
+        prediction of the same request, whose pixels are empty), or None."""
         when = id_time(pid)
         if when is None:
             return None
@@ -389,25 +390,25 @@ class PredictionLog:
             ).fetchall()
         return [row[0] for row in rows]
 
-    def recent(self, model: str, version: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """The newest ``limit`` predictions of ``version``: probabilities [n, 10] and pixels [n, 28, 28]."""
-        probs, pixels, total = [], [], 0
+    def recent(self, model: str, version: str, limit: int) -> np.ndarray:
+        """The probabilities [n, 10] of the newest ``limit`` predictions of ``version``, answers and shadow
+        predictions alike (the drift check's window). The pixels, stored after them, are not read."""
+        probs, total = [], 0
         with self._connect() as db:
             cursor = db.execute(
-                "SELECT n, probabilities, pixels FROM chunks WHERE model = ? AND version = ?"
+                "SELECT n, probabilities FROM chunks WHERE model = ? AND version = ?"
                 " ORDER BY last_at DESC, rowid DESC",
                 (model, version),
             )
-            for n, chunk_probs, chunk_pixels in cursor:
+            for n, chunk_probs in cursor:
                 probs.append(np.frombuffer(chunk_probs, dtype="<f4").reshape(n, CLASSES))
-                pixels.append(np.frombuffer(chunk_pixels, dtype=np.uint8).reshape(n, 28, 28))
                 total += n
                 if total >= limit:
                     break
         if not probs:
-            return np.empty((0, CLASSES), np.float32), np.empty((0, 28, 28), np.uint8)
+            return np.empty((0, CLASSES), np.float32)
         # Chunks came newest first, each oldest first inside: put them in time order, keep the newest.
-        return np.concatenate(probs[::-1])[-limit:], np.concatenate(pixels[::-1])[-limit:]
+        return np.concatenate(probs[::-1])[-limit:]
 
     def labelled(self, model: str, version: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """The newest ``limit`` labelled predictions of ``version``: predicted and true labels."""
@@ -482,6 +483,6 @@ def _chunk(batch: Batch) -> tuple:
         "".join(batch.ids),
         probs.argmax(axis=1).astype(np.uint8).tobytes(),
         probs.tobytes(),
-        np.ascontiguousarray(batch.pixels, dtype=np.uint8).tobytes(),
+        b"" if batch.pixels is None else np.ascontiguousarray(batch.pixels, dtype=np.uint8).tobytes(),
         batch.role,
     )
