@@ -58,7 +58,7 @@ class Recorder:
         self._pending: deque[tuple[str, str, str, np.ndarray | None, np.ndarray, str]] = deque()
         # (rollout, model, version, role) -> [requests, images, errors, agreed, latency histogram], since the
         # last flush
-        self._stats: dict[tuple[str, str, str], list] = {}
+        self._stats: dict[tuple[str, str, str, str], list] = {}
         self._stats_lock = threading.Lock()
         # Queued rows minus taken rows is what waits; each count has one writer thread, so neither races.
         self._queued_rows = self._taken_rows = 0

@@ -19,7 +19,6 @@ from mindtrace.cli.registry import add_action
 from mindtrace.config import Config
 
 if TYPE_CHECKING:
-    from mindtrace.monitoring.store import PredictionLog
     from mindtrace.registry.query import Registry
     from mindtrace.rollout import Rollout, RolloutRequest
 
@@ -47,15 +46,6 @@ def rollout_request(args: argparse.Namespace, config: Config) -> RolloutRequest:
     # Every option's dest is its field's name (VERSION, --mode, ... and the generated criteria options).
     defaults = Criteria.from_config(config).model_dump()
     return RolloutRequest.model_validate({**defaults, **_given(args, RolloutRequest)})
-
-
-def _log(config: Config) -> PredictionLog | None:
-    """The shared prediction log, where the evidence comes from; None before any service has logged."""
-    from mindtrace.monitoring.store import PredictionLog, log_path
-
-    path = log_path(config)
-    # PredictionLog would create an empty log (and its folder) just to read nothing.
-    return PredictionLog(path) if path.exists() else None
 
 
 def _swap_note(config: Config) -> str:
@@ -107,10 +97,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     >>> main(["rollout", "status"])   # doctest: +SKIP
     0
     """
+    from mindtrace.monitoring.store import existing_log
     from mindtrace.rollout import status
 
     config = Config()
-    rollout = status(_registry(args, config), args.model, _log(config))
+    rollout = status(_registry(args, config), args.model, existing_log(config))
     if args.json:
         print_json(rollout)
         return 0
@@ -126,11 +117,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     >>> main(["rollout", "stop"])   # doctest: +SKIP
     0
     """
+    from mindtrace.monitoring.store import existing_log
     from mindtrace.rollout import stop
 
     config = Config()
     registry = _registry(args, config)
-    rollout, changed = stop(registry, args.model, _log(config))
+    rollout, changed = stop(registry, args.model, existing_log(config))
     if args.json:
         print_json(rollout)
         return 0

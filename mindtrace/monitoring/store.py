@@ -146,12 +146,19 @@ def log_path(config: Config) -> Path:
     return config["DIR_PATHS"].getpath("MONITORING") / "predictions.db"
 
 
+def existing_log(config: Config) -> PredictionLog | None:
+    """The embedded prediction log, for reading; None before any service has written one (opening it would
+    create an empty log, and its folder, just to read nothing)."""
+    path = log_path(config)
+    return PredictionLog(path) if path.exists() else None
+
+
 def feedback_digits(config: Config) -> tuple[np.ndarray, np.ndarray]:
     """Every logged input with a feedback label, as training digits: pixels [n, 28, 28] and labels [n]."""
-    path = log_path(config)
-    if not path.exists():
+    log = existing_log(config)
+    if log is None:
         return np.empty((0, 28, 28), np.uint8), np.empty(0, np.int64)
-    return PredictionLog(path).labelled_inputs()
+    return log.labelled_inputs()
 
 
 @dataclass(frozen=True)
