@@ -2,7 +2,8 @@
 
 The serving benchmark measures it as the service's own ceiling: what BentoML can answer on this machine when
 the inference itself costs nothing. It answers every image with a fixed prediction, unchecked. It shares
-``service.settings`` and ``service.guard`` with the service, not ``service.app``, which would load the model.
+``service.settings``, ``service.guard`` and ``service.direct`` with the service, not ``service.app``, which
+would load the model.
 
     bentoml serve benchmarks.noop:svc
 """
@@ -14,6 +15,7 @@ from typing import Annotated
 import bentoml
 from pydantic import Field
 
+from service.direct import Direct, direct_routes
 from service.guard import Guard
 from service.schemas import MAX_BATCH, BatchResponse, InferenceResponse, ModelRef, Prediction
 from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, settle_the_collector
@@ -40,4 +42,5 @@ class Noop:
 
 
 Noop.add_asgi_middleware(Guard, **GUARD_OPTIONS)
+Noop.add_asgi_middleware(Direct, service=Noop, routes=direct_routes(Noop, ("inference", "inference_batch")))
 svc = Noop

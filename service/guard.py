@@ -30,8 +30,9 @@ INFERENCE_PATHS = ("/inference", "/inference/batch")
 KNOWN_5XX = (503, 504)
 # How much of a refused body is read and dropped before the answer, so the client reads it (see below).
 DRAIN_BYTES = 16 * 1024 * 1024
-# Bodies the inference routes refuse with a 415: BentoML would read them as forms, and fail.
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# Bodies the inference routes refuse with a 415: forms and uploads, and BentoML's pickle (which BentoML's own
+# API layer refuses in a served service too). Any other type is read as JSON, as BentoML reads it.
+REFUSED_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle")
 NOT_JSON = "send the body as JSON with 'Content-Type: application/json'; forms and uploads are not accepted"
 
 
@@ -61,7 +62,7 @@ class Guard:
         if length is not None and length > self.max_body_bytes:
             await self._refuse(receive, send, 413, self._too_large())
             return
-        if path in INFERENCE_PATHS and _media_type(scope) in FORM_TYPES:  # BentoML would parse it as a form
+        if path in INFERENCE_PATHS and _media_type(scope) in REFUSED_TYPES:
             await self._refuse(receive, send, 415, {"error": NOT_JSON})
             return
 
@@ -200,7 +201,7 @@ def _normalize(status: int, raw: bytes, method: str, path: str) -> tuple[int, di
         and isinstance(body.get("detail"), list)
         and "validation error" in str(body.get("error", ""))
     ):
-        return _validation(body["detail"])
+        return validation_answer(body["detail"])
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return status, body
     if status == 404:
@@ -213,8 +214,9 @@ def _normalize(status: int, raw: bytes, method: str, path: str) -> tuple[int, di
     return status, {"error": text or f"request failed with status {status}"}
 
 
-def _validation(errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
-    """BentoML's pydantic errors as one readable line naming each field, e.g. ``image: Field required``."""
+def validation_answer(errors: list[Any]) -> tuple[int, dict[str, Any]]:
+    """Pydantic's errors for a request body as the answer to give: a 400 for a body that is not JSON, else a
+    422 whose ``error`` names each field in one readable line (e.g. ``image: Field required``)."""
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, {"error": "the request body is not valid JSON"}
     return 422, {"error": describe_errors(errors), "detail": error_details(errors)}

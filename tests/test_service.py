@@ -264,6 +264,9 @@ def test_every_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, d
             415,
             "as JSON",
         ),
+        ("pickle", b"\x80\x04N.", {"Content-Type": "application/vnd.bentoml+pickle"}, 415, "as JSON"),
+        # Any other type is read as JSON, as BentoML reads it.
+        ("JSON as text", json.dumps({"image": 5}).encode(), {"Content-Type": "text/plain"}, 422, "image:"),
     ]
     for name, data, headers, status, message in raw:
         r = requests.post(server.url + "/inference", data=data, headers={**INFER, **headers}, timeout=60)
