@@ -25,11 +25,30 @@ TARGET_WORKERS, TARGET_BATCH = 2, 256
 
 
 def write_report(results: dict[str, Any], out: Path, markdown: Path | None = None) -> Path:
-    """Write the charts into ``out`` and the report to ``markdown`` (default ``out/report.md``)."""
+    """Write the charts into ``out`` and the report to ``markdown`` (default ``out/report.md``).
+
+    Sections of an existing ``markdown`` that this report does not write (BENCHMARKS.md's drift and rollout
+    sections, from the other benchmarks) are kept after it."""
     markdown = markdown or out / "report.md"
     charts = draw_charts(results, out)
-    markdown.write_text(render(results, [os.path.relpath(c, markdown.parent) for c in charts]))
+    report = render(results, [os.path.relpath(c, markdown.parent) for c in charts])
+    kept = other_sections(markdown.read_text(), report) if markdown.exists() else ""
+    markdown.write_text(report + ("\n" + kept if kept else ""))
     return markdown
+
+
+def other_sections(existing: str, report: str) -> str:
+    r"""The part of ``existing`` from its first ``## `` section that ``report`` has no section of.
+
+    >>> other_sections("# B\n## Targets\nold\n## Drift\nkept\n", "# B\n## Targets\nnew\n")
+    '## Drift\nkept\n'
+    """
+    ours = {line for line in report.splitlines() if line.startswith("## ")}
+    lines = existing.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("## ") and line.rstrip("\n") not in ours:
+            return "".join(lines[i:])
+    return ""
 
 
 def render(results: dict[str, Any], charts: list[str]) -> str:
