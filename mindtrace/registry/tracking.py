@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from mlflow.tracking import MlflowClient
 
@@ -12,6 +13,7 @@ from mindtrace.utils import ifnone
 
 # A model is a few files: MLflow's per-file download bars only clutter the output. Still yours to turn on.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+_FIRST_CLIENT = threading.Lock()
 
 
 def tracking_uri(config: Config | None = None) -> str:
@@ -38,7 +40,14 @@ def make_client(uri: str) -> MlflowClient:
         os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")  # MLflow reads only this
         # ...and then logs the pool options at INFO on every command's stderr.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with _FIRST_CLIENT:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        # MLflow builds its process-wide table of registry stores on the first registry call, and publishes
+        # the table before filling it: a second thread's first call could meet it half-filled and fail with
+        # "Model Registry features are not supported by the store" (a serving worker's first registry
+        # requests, arriving together, did). Building it here, one thread at a time, closes that window.
+        client._get_registry_client()
+    return client
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, config: Config | None = None) -> str:
