@@ -15,8 +15,8 @@ from typing import Annotated
 import bentoml
 from pydantic import Field
 
-from service.direct import Direct, direct_routes
-from service.guard import Guard
+from service.direct import Direct
+from service.guard import INFERENCE_PATHS, Guard
 from service.schemas import MAX_BATCH, BatchResponse, InferenceResponse, ModelRef, Prediction
 from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, settle_the_collector
 
@@ -42,5 +42,5 @@ class Noop:
 
 
 Noop.add_asgi_middleware(Guard, **GUARD_OPTIONS)
-Noop.add_asgi_middleware(Direct, service=Noop, routes=direct_routes(Noop, ("inference", "inference_batch")))
+Noop.add_asgi_middleware(Direct, service=Noop, paths=INFERENCE_PATHS)
 svc = Noop

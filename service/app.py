@@ -35,9 +35,9 @@ from mindtrace.train_config import TrainRequest
 from service import control, logs, metrics
 from service.batching import NotServing, Overloaded, Predictor
 from service.deadline import Bounded
-from service.direct import Direct, direct_routes
+from service.direct import Direct
 from service.errors import error_response
-from service.guard import Guard
+from service.guard import INFERENCE_PATHS, Guard
 from service.monitor import Monitor
 from service.openapi import Document
 from service.recorder import Recorder
@@ -303,7 +303,5 @@ Mindtrace.mount_asgi_app(control.app, path="/")
 Mindtrace.add_asgi_middleware(Guard, **GUARD_OPTIONS)
 Mindtrace.add_asgi_middleware(Document, tokens=configured_tokens(), schemas=control.SCHEMAS)
 # Innermost of the three: HTTP requests to the inference routes skip BentoML's per-call API layer (direct.py).
-Mindtrace.add_asgi_middleware(
-    Direct, service=Mindtrace, routes=direct_routes(Mindtrace, ("inference", "inference_batch"))
-)
+Mindtrace.add_asgi_middleware(Direct, service=Mindtrace, paths=INFERENCE_PATHS)
 svc = Mindtrace

@@ -15,8 +15,7 @@ middleware (BentoML's documented extension point) does only what those methods n
 Everything outside the API layer still applies, because it sits outside this middleware: BentoML's request
 metrics, its timeout and access log, the guard (tokens, the body limit, the error format).
 
->>> routes = direct_routes(svc, ("inference", "inference_batch"))   # doctest: +SKIP
->>> svc.add_asgi_middleware(Direct, service=svc, routes=routes)        # doctest: +SKIP
+>>> svc.add_asgi_middleware(Direct, service=svc, paths=("/inference", "/inference/batch"))   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from typing import Any
 
 import bentoml
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -34,25 +33,24 @@ from service.guard import validation_answer
 CONTEXT = bentoml.Context()  # BentoML's request context: a context variable, whichever instance sets it
 
 
-def direct_routes(service: Any, names: tuple[str, ...]) -> dict[str, str]:
-    """The route of each API method ``names`` of ``service``: ``{"/inference": "inference", ...}``."""
-    return {service.apis[name].route: name for name in names}
-
-
 class Direct:
-    """Serve ``POST`` on ``routes`` (route -> API method name) by calling the methods of ``service``."""
+    """Serve ``POST`` on ``paths`` by calling the API methods of ``service`` whose routes they are."""
 
-    def __init__(self, app: ASGIApp, service: Any, routes: dict[str, str]):
+    def __init__(self, app: ASGIApp, service: Any, paths: tuple[str, ...]):
         self.app = app
-        self.apis = {route: service.apis[name] for route, name in routes.items()}
+        self.apis = {api.route: api for api in service.apis.values() if api.route in paths}
+        if missing := set(paths) - set(self.apis):
+            raise ValueError(f"{service.name} has no API method on {', '.join(sorted(missing))}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         api = self.apis.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if api is None:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
-        if body is None:  # the client went away: the answer has nowhere to go
+        request = Request(scope, receive)
+        try:
+            body = await request.body()  # the guard, outside, has bounded its size
+        except ClientDisconnect:  # the answer has nowhere to go
             return
         try:
             # As BentoML reads a JSON body: an empty one is an empty object (then "Field required").
@@ -62,22 +60,10 @@ class Direct:
             response: Response = JSONResponse(answer, status)
         else:
             arguments = {field: getattr(data, field) for field in type(data).model_fields}
-            with CONTEXT.in_request(Request(scope)):
+            with CONTEXT.in_request(request):
                 output = await api.func(bentoml.get_current_service(), **arguments)
             response = output if isinstance(output, Response) else _json(output)
         await response(scope, receive, send)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body (the guard, outside, has bounded its size); None if the client disconnected."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _json(output: BaseModel) -> Response:
