@@ -181,12 +181,30 @@ def exclusive_lock(path: str | os.PathLike, waiting_for: str = "another process"
     >>> with exclusive_lock(d / ".lock"):
     ...     pass
     """
+    with _flock(path, fcntl.LOCK_EX, waiting_for):
+        yield
+
+
+@contextlib.contextmanager
+def shared_lock(path: str | os.PathLike, waiting_for: str = "another process") -> Iterator[None]:
+    """Hold a shared ``flock`` on ``path`` for the block: readers together, never beside an exclusive holder.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> with shared_lock(d / ".lock"), shared_lock(d / ".lock"):
+    ...     pass
+    """
+    with _flock(path, fcntl.LOCK_SH, waiting_for):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: str | os.PathLike, kind: int, waiting_for: str) -> Iterator[None]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, kind | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("waiting for a lock on %s: %s", path, waiting_for)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.flock(f, kind)
         yield

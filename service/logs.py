@@ -52,6 +52,9 @@ def install() -> None:
     """Put the filters where every record passes: on the handlers that BentoML configured in this worker
     (a filter on a logger would miss records from its children), and on BentoML's request logger."""
     logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
+    # The service's own events (a swap, a rollout's candidate in or out, a wait for a lock) at INFO, like
+    # BentoML's: the root logger that carries them lets only warnings through.
+    logging.getLogger("mindtrace").setLevel(logging.INFO)
     safe = SafeLines()
     for logger in (logging.getLogger(), logging.getLogger("bentoml")):
         for handler in logger.handlers:

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mindtrace.config import Config
-from mindtrace.registry.bento import bento_model_name, bento_tag, load_serving
-from mindtrace.registry.errors import NotFoundError, RegistryError
+from mindtrace.registry.bento import bento_model_name, bento_tag, load_serving, store_lock
+from mindtrace.registry.errors import NotFoundError, RegistryError, RegistryUnavailableError
 from mindtrace.rollout import Rollout, finish
 from mindtrace.rollout.state import from_tags
 from mindtrace.utils import atomic_write
@@ -127,6 +127,9 @@ class Follower:
             return False
         try:
             self.serve(self._load(target), announce=self.leads)
+        except RegistryUnavailableError as exc:  # not the version's fault: tried again at the next look
+            self._note_error(f"cannot read the registry: {exc}", swap=False)
+            return False
         except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old model serving
             self._failed = (key, time.monotonic())
             what = f"version {target['version']} of {self.name}"
@@ -377,8 +380,11 @@ def load_version(name: str, version: str, registry: Registry) -> Served:
 
 def load_stored(name: str, version: str, registry: Registry) -> Served:
     """Load registered ``version`` from the BentoML store as it is; BentoML's ``NotFound`` when it was never
-    imported, ``ValueError`` when its entry cannot serve."""
-    return _tried(bento_tag(registry.get_version(name, version)), name, version)
+    imported, ``ValueError`` when its entry cannot serve. An import in progress (a retraining job's) is
+    waited for, never read half-copied."""
+    tag = bento_tag(registry.get_version(name, version))
+    with store_lock(registry.config, shared=True):
+        return _tried(tag, name, version)
 
 
 def _import(name: str, version: str) -> None:

@@ -60,6 +60,13 @@ def served(env: dict[str, str], log: Path, ready: str = "/readyz") -> Iterator[t
         yield url, proc.pid
 
 
+def warnings_in(log: Path) -> str:
+    """The warnings and errors of a server's log (tracebacks included), for an assertion's message."""
+    lines = log.read_text(errors="replace").splitlines()
+    kept = [line for line in lines if not line[:4].isdigit() or " [WARNING] " in line or " [ERROR] " in line]
+    return "\n".join(kept)[-5000:]
+
+
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.3) -> T:
     """The first true value of ``predicate()``, polled every ``interval`` s; fails after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from mindtrace.images import EXAMPLE_IMAGE
-from tests.helpers import ROOT, served, service_env, train, wait_for
+from tests.helpers import ROOT, served, service_env, train, wait_for, warnings_in
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
@@ -284,6 +284,7 @@ class Exposed:
 
     labels: dict[str, set[str]]
     samples: list[Sample]
+    log: str = ""  # the server's warnings and errors, for a failed assertion's message
 
     @classmethod
     def parse(cls, text: str) -> Exposed:
@@ -377,7 +378,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, real_mnist_dir: Path) -> E
 
         metrics = wait_for(complete, 30, "the stopped rollout to be counted and the monitoring gauges set")
     (root / "metrics.txt").write_text(metrics)
-    return Exposed.parse(metrics)
+    exposed = Exposed.parse(metrics)
+    exposed.log = warnings_in(root / "serve.log")
+    return exposed
 
 
 @pytest.mark.slow
@@ -392,7 +395,7 @@ def test_outcome_counters_start_at_zero_so_that_increase_sees_their_first_event(
     decisions = scraped.values("mindtrace_rollout_decisions_total", "outcome")
     assert decisions == {"promoted": 0, "rolled-back": 0, "aborted": 1}
     swaps = scraped.values("mindtrace_model_swaps_total", "outcome")
-    assert swaps["failed"] == 0 and swaps["swapped"] >= 1
+    assert swaps["failed"] == 0 and swaps["swapped"] >= 1, scraped.log
     assert scraped.values("mindtrace_retrain_jobs_total", "outcome") == {"succeeded": 1, "failed": 0}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import bentoml
@@ -102,6 +103,35 @@ def test_a_graph_that_computes_something_else_never_enters_the_store(registered,
         import_version(version, config=config)
     with pytest.raises(bentoml.exceptions.NotFound):
         bentoml.models.get(tag)
+
+
+@pytest.mark.slow
+def test_serving_waits_for_an_import_in_progress_rather_than_read_an_entry_half_copied(registered):
+    # BentoML copies a new entry's files into its store folder in place: a worker that swaps in a version
+    # while a retraining job imports it could read a model.yaml half-written. Serving's loads wait for the
+    # import's lock instead; an entry that is read half-written anyway is "damaged", never a YAML error.
+    from mindtrace.registry.bento import store_lock
+    from mindtrace.registry.query import Registry
+    from service.watcher import load_stored
+
+    config, version = registered
+    registry = Registry(config=config)
+    name = registry.model_name(None)
+    tag = import_version(version, config=config).tag
+    spec = Path(bentoml.models.get(tag).path_of("model.yaml"))
+    whole = spec.read_text()
+    loaded: list = []
+    with store_lock(config):  # an import under way, halfway through BentoML's copy
+        spec.write_text(whole[: len(whole) // 2])
+        with pytest.raises(ValueError, match="damaged"):
+            load_classifier(tag)  # a reader that does not wait sees a damaged entry, and says so
+        reader = threading.Thread(target=lambda: loaded.append(load_stored(name, version, registry)))
+        reader.start()
+        reader.join(1.0)
+        assert reader.is_alive() and not loaded  # waiting for the import, not reading
+        spec.write_text(whole)
+    reader.join(30)
+    assert [(served.name, served.version) for served in loaded] == [(name, version)]
 
 
 def test_the_supervising_process_imports_no_model_runtime_and_nothing_from_training(tmp_path):

@@ -27,6 +27,7 @@ import hashlib
 import io
 import re
 import shutil
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ from mindtrace.faults import failpoint
 from mindtrace.monitoring.drift import REFERENCE_FILE, Reference
 from mindtrace.preprocess import SPEC
 from mindtrace.registry.schemas import VersionInfo
-from mindtrace.utils import exclusive_lock
+from mindtrace.utils import exclusive_lock, shared_lock
 
 if TYPE_CHECKING:
     from mindtrace.models.net import MLPNet
@@ -110,8 +111,7 @@ def import_version(
     registry = registry or Registry(config=config)
     info = registry.get_version(name, ref)
     tag = bento_tag(info)
-    lock = registry.config["DIR_PATHS"].getpath("HOME") / "locks" / "bentoml-import.lock"
-    with exclusive_lock(lock, f"another process is importing into the BentoML store ({tag})"):
+    with store_lock(registry.config):
         try:
             existing, _ = _files(tag)
             return _result(tag, False, info, existing.path)
@@ -158,6 +158,20 @@ def import_version(
         except OSError as exc:  # a full disk, a read-only store; BentoML has removed what it copied
             raise StoreWriteError(f"could not write {tag} into the BentoML store: {_why(exc)}") from exc
         return _result(tag, True, info, bentoml.models.get(tag).path)
+
+
+def store_lock(config: Config, shared: bool = False) -> AbstractContextManager[None]:
+    """The lock that imports into the BentoML store hold exclusively, and readers shared.
+
+    BentoML adds an entry to its store by making the entry's folder and then copying the files in, so a
+    reader beside an import could meet an entry half-copied: taken for a damaged one, or unreadable.
+
+    >>> with store_lock(Config(), shared=True):    # doctest: +SKIP
+    ...     classify, reference, model = load_serving("mnist-mlp:v3-1f2e3d4c")
+    """
+    path = config.home() / "locks" / "bentoml-import.lock"
+    what = "an import into the BentoML store"
+    return shared_lock(path, what) if shared else exclusive_lock(path, what)
 
 
 def _serving_files(net: MLPNet, config: Config, what: str) -> tuple[bytes, bytes, dict[str, Any]]:
@@ -252,7 +266,7 @@ def _files(model_or_tag: Any) -> tuple[Any, dict[str, bytes]]:
     killed while BentoML copied it into the store leaves a folder without its ``model.yaml``).
     """
     import bentoml
-    from bentoml.exceptions import BentoMLException, NotFound
+    from bentoml.exceptions import NotFound
 
     model = model_or_tag
     if isinstance(model_or_tag, str):
@@ -260,7 +274,7 @@ def _files(model_or_tag: Any) -> tuple[Any, dict[str, bytes]]:
             model = bentoml.models.get(model_or_tag)
         except NotFound:
             raise
-        except BentoMLException as exc:
+        except Exception as exc:  # noqa: BLE001 - BentoMLException, or YAML's own for a truncated model.yaml
             raise ValueError(f"{model_or_tag} is damaged: {exc}") from None
     metadata = model.info.metadata
     files = {}
