@@ -197,7 +197,7 @@ class Follower:
             self.predictor.rollout = rollout
             self.last_error, self._failed = None, None
             if announce:
-                self._publish()
+                self._publish(champion=False)
         metrics.rollout_serving(rollout, serving=True)
         log.info(
             "rollout %s: version %s serves as the %s candidate (%g %%)",
@@ -211,13 +211,19 @@ class Follower:
             self.predictor.rollout = None
             self.predictor.candidate = None
             if announce:
-                self._publish()
+                self._publish(champion=False)
         if rollout is not None:
             metrics.rollout_serving(rollout, serving=False)
             log.info("rollout %s: the candidate left, the champion alone serves", rollout.id)
 
-    def _publish(self) -> None:
-        publish(self.pointer, self.predictor.current, self.predictor.candidate, self.predictor.rollout)
+    def _publish(self, champion: bool = True) -> None:
+        """Write what this worker serves to the pointer. A follower that changes only the rollout (an API
+        call it answered) keeps the champion that the pointer names: it may not have swapped yet to what its
+        leader published last, and writing back its older champion would send every follower back to it."""
+        published = {} if champion or self.leads else self._published()
+        served = champion_fields(self.predictor.current)
+        kept = {key: published[key] for key in served} if published.get("tag") else served
+        publish(self.pointer, kept, self.predictor.candidate, self.predictor.rollout)
 
     def _target(self) -> dict[str, Any] | None:
         """The version to serve as the leader published it (name, version, BentoML tag, the rollout with
@@ -350,20 +356,31 @@ def prune_pointers(folder: Path) -> None:
 
 
 def publish(
-    pointer: Path, served: Served | None, candidate: Served | None = None, rollout: Rollout | None = None
+    pointer: Path,
+    champion: dict[str, Any],
+    candidate: Served | None = None,
+    rollout: Rollout | None = None,
 ) -> None:
-    """Write what is served (or that nothing is) to ``pointer``, atomically: never seen half-written. A
-    running rollout goes with it, its candidate's BentoML tag added."""
-    body: dict[str, Any] = {
-        "name": served.name if served else None,
-        "version": served.version if served else None,
-        "tag": served.tag if served else None,
-        "rollout": None,
-    }
+    """Write the ``champion_fields`` of what is served to ``pointer``, atomically: never seen half-written.
+    A running rollout goes with it, its candidate's BentoML tag added."""
+    body: dict[str, Any] = {**champion, "rollout": None}
     if candidate is not None and rollout is not None:
         body["rollout"] = {**rollout.model_dump(mode="json"), "candidate_tag": candidate.tag}
     with atomic_write(pointer) as tmp:
         tmp.write_text(json.dumps(body))
+
+
+def champion_fields(served: Served | None) -> dict[str, Any]:
+    """What the pointer says of a champion: its name, version and BentoML tag.
+
+    >>> champion_fields(None)
+    {'name': None, 'version': None, 'tag': None}
+    """
+    return {
+        "name": served.name if served else None,
+        "version": served.version if served else None,
+        "tag": served.tag if served else None,
+    }
 
 
 def load_version(name: str, version: str, registry: Registry) -> Served:
