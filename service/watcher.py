@@ -197,7 +197,7 @@ class Follower:
             self.predictor.rollout = rollout
             self.last_error, self._failed = None, None
             if announce:
-                self._publish(champion=False)
+                self._publish(rollout_only=True)
         metrics.rollout_serving(rollout, serving=True)
         log.info(
             "rollout %s: version %s serves as the %s candidate (%g %%)",
@@ -211,19 +211,21 @@ class Follower:
             self.predictor.rollout = None
             self.predictor.candidate = None
             if announce:
-                self._publish(champion=False)
+                self._publish(rollout_only=True)
         if rollout is not None:
             metrics.rollout_serving(rollout, serving=False)
             log.info("rollout %s: the candidate left, the champion alone serves", rollout.id)
 
-    def _publish(self, champion: bool = True) -> None:
+    def _publish(self, rollout_only: bool = False) -> None:
         """Write what this worker serves to the pointer. A follower that changes only the rollout (an API
         call it answered) keeps the champion that the pointer names: it may not have swapped yet to what its
         leader published last, and writing back its older champion would send every follower back to it."""
-        published = {} if champion or self.leads else self._published()
-        served = champion_fields(self.predictor.current)
-        kept = {key: published[key] for key in served} if published.get("tag") else served
-        publish(self.pointer, kept, self.predictor.candidate, self.predictor.rollout)
+        champion = champion_fields(self.predictor.current)
+        if rollout_only and not self.leads:
+            published = self._published()
+            if published.get("tag"):
+                champion = {key: published[key] for key in champion}
+        publish(self.pointer, champion, self.predictor.candidate, self.predictor.rollout)
 
     def _target(self) -> dict[str, Any] | None:
         """The version to serve as the leader published it (name, version, BentoML tag, the rollout with
