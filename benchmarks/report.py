@@ -186,9 +186,14 @@ def targets_table(results: dict[str, Any]) -> str:
         measured = f"{soak['rss_mb_first']:,.0f} → {soak['rss_mb_last']:,.0f} MB ({growth:+.1%})"
         add("... resident memory grows < 10 %", measured, growth < 0.10)
     cold = results["cold_start"].get("mindtrace")
-    if cold:
-        median = statistics.median(cold)
-        add("cold start to /readyz 200, model in the store: <= 5 s", f"{median:.2f} s (median)", median <= 5)
+    if cold:  # the first launch is the scratch home's first start, the others are restarts (_cold_start)
+        first, restarts = cold[0], cold[1:]
+        if restarts:
+            figure = statistics.median(restarts)
+            measured = f"{figure:.2f} s (median of the restarts; the first start {first:.2f} s)"
+        else:
+            figure, measured = first, f"{first:.2f} s (a first start)"
+        add("cold start to /readyz 200, model in the store: <= 5 s", measured, figure <= 5)
     batch = _find(rows, "mindtrace", "batch")
     if batch:
         size, rate = batch["images_per_request"], batch["images_per_s"]
@@ -340,7 +345,9 @@ def _cold_start(results: dict[str, Any]) -> str:
     lines = [
         "From launching the command to its readiness URL answering 200 (`/readyz` for BentoML, `/livez` for "
         "the FastAPI app, whose workers answer only once the model is loaded), with the model already in the "
-        "store; each launch alone on the machine.",
+        "store; each launch alone on the machine. The service's first launch is the first start of its "
+        "scratch home, which asks the registry before it serves; the launches after it are restarts, which "
+        "start with what was served last and ask the registry straight after (DESIGN.md, Hot-swap).",
         "",
         "| server | each launch (s) | median (s) |",
         "|---|---|---|",

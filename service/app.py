@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -90,6 +91,7 @@ class Mindtrace:
             SETTINGS.getint("BATCH_MAX_REQUESTS"), SETTINGS.getint("BATCH_MAX_LATENCY_MS")
         )
         self._registry: Registry | None = None
+        self._registry_lock = threading.Lock()
         self.recorder, self.monitor = _monitoring(self.predictor, self.retrain)
         # The recorder counts every model call and logs the rollout candidate's shadow predictions.
         self.predictor.observe, self.predictor.shadow_sink = (
@@ -100,7 +102,7 @@ class Mindtrace:
         # Worker 1 follows the champion in the registry; the others follow it through worker 1 (watcher.py).
         leader = bentoml.server_context.worker_index in (None, 1)
         self.watcher: Follower = (
-            ChampionWatcher(self.predictor, settings, self.registry)
+            ChampionWatcher(self.predictor, settings, lambda: self.registry)
             if leader
             else Follower(self.predictor, settings)
         )
@@ -114,13 +116,14 @@ class Mindtrace:
     def registry(self) -> Registry:
         """The registry client, every call bounded in time (``service.deadline``); a follower worker loads
         MLflow's client the first time it needs it."""
-        if self._registry is None:
-            from mindtrace.registry.query import Registry
+        with self._registry_lock:  # the watcher's, the decider's and the request threads may all ask first
+            if self._registry is None:
+                from mindtrace.registry.query import Registry
 
-            seconds = SETTINGS.getfloat("REGISTRY_TIMEOUT_SECONDS")
-            self._registry = cast("Registry", Bounded(Registry(config=settings), seconds))
-            gc.freeze()  # MLflow's modules live as long as the worker, like the rest of its start-up heap
-        return self._registry
+                seconds = SETTINGS.getfloat("REGISTRY_TIMEOUT_SECONDS")
+                self._registry = cast("Registry", Bounded(Registry(config=settings), seconds))
+                gc.freeze()  # MLflow's modules live as long as the worker, like the rest of its start-up heap
+            return self._registry
 
     @bentoml.on_startup
     def _settle_the_collector(self) -> None:

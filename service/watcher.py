@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,9 @@ class Follower:
         self.interval = section.getfloat("SWAP_POLL_SECONDS")
         self.name = settings["MLFLOW"]["REGISTERED_MODEL"]
         self.pointer = pointer_path(settings.home(), bento_model_name(self.name), self.alias)
+        self.record = record_path(settings.home(), bento_model_name(self.name), self.alias)
+        self.resume = section.getboolean("START_WITH_LAST_SERVED")
+        self.settings = settings
         self.last_error: str | None = None
         self._failed: tuple[str, float] | None = None  # (what, when)
         self._wake = threading.Event()
@@ -78,14 +82,23 @@ class Follower:
         nothing to load).
         """
         self._await_leader()
-        self.check()
+        resumed = self._resume()
+        if not resumed:
+            self.check()
         if self.predictor.current is None:
             self._serve_newest_in_store()
         if self.leads:
             prune_pointers(self.pointer.parent)
             if self.predictor.current is None:
                 self._publish()  # a swap publishes what it serves; nothing served is news too
+        if resumed:
+            self._wake.set()  # the registry's word at once, in the background
         threading.Thread(target=self._loop, name="champion-watcher", daemon=True).start()
+
+    def _resume(self) -> bool:
+        """Serve what this home served last before the registry is asked; a follower never does (it
+        serves what its own leader names)."""
+        return False
 
     def _await_leader(self) -> None:
         server, deadline = os.getppid(), time.monotonic() + LEADER_WAIT_SECONDS
@@ -225,7 +238,8 @@ class Follower:
             published = self._published()
             if published.get("tag"):
                 champion = {key: published[key] for key in champion}
-        publish(self.pointer, champion, self.predictor.candidate, self.predictor.rollout)
+        for path in (self.pointer, self.record) if self.leads else (self.pointer,):
+            publish(path, champion, self.predictor.candidate, self.predictor.rollout)
 
     def _target(self) -> dict[str, Any] | None:
         """The version to serve as the leader published it (name, version, BentoML tag, the rollout with
@@ -233,9 +247,9 @@ class Follower:
         published = self._published()
         return published if published.get("tag") else None
 
-    def _published(self) -> dict[str, Any]:
+    def _published(self, path: Path | None = None) -> dict[str, Any]:
         try:
-            return json.loads(self.pointer.read_text())
+            return json.loads((path or self.pointer).read_text())
         except (OSError, ValueError):
             return {}  # not published yet; atomic writes mean a file is never seen half-written
 
@@ -294,9 +308,36 @@ class ChampionWatcher(Follower):
 
     leads = True
 
-    def __init__(self, predictor: Predictor, settings: Config, registry: Registry):
+    def __init__(self, predictor: Predictor, settings: Config, registry: Callable[[], Registry]):
         super().__init__(predictor, settings)
-        self.registry = registry
+        self._registry = registry
+
+    @property
+    def registry(self) -> Registry:
+        """The registry client, made at its first use: after a resumed start, in the watcher's thread."""
+        return self._registry()
+
+    def _resume(self) -> bool:
+        """Serve what this home's servers served last (the record), champion and rollout candidate, from
+        the BentoML store. MLflow's client takes seconds to import and open the registry; the watcher's
+        first look, straight after, swaps if the alias moved while no server ran."""
+        last = self._published(self.record)
+        if not self.resume or not last.get("tag"):
+            return False
+        spec = last.get("rollout")
+        try:
+            with store_lock(self.settings, shared=True):
+                champion = _tried(last["tag"], self.name, last["version"])
+                candidate = _tried(spec["candidate_tag"], self.name, spec["candidate"]) if spec else None
+        except Exception as exc:  # noqa: BLE001 - the registry decides instead, as at a first start
+            what = f"version {last['version']} served last"
+            log.warning("cannot start with %s (%s); asking the registry", what, exc)
+            return False
+        self.serve(champion, announce=True)
+        if candidate:
+            self.start_rollout(candidate, Rollout.model_validate(spec), announce=True)
+        log.info("started with what was served last; asking the registry where %s points", self.alias)
+        return True
 
     def _target(self) -> dict[str, Any] | None:
         try:
@@ -342,6 +383,18 @@ def pointer_path(home: Path, model: str, alias: str) -> Path:
     except (OSError, IndexError):
         started = "0"
     return home / "serving" / f"{model}.{alias}" / f"{socket.gethostname()}-{server}-{started}.json"
+
+
+def record_path(home: Path, model: str, alias: str) -> Path:
+    """What this home's servers served last: ``serving/<model>.<alias>.json``, beside the pointers' folder.
+
+    Every leader writes it with its pointer; a starting leader serves what it names before it asks the
+    registry (``[SERVICE] START_WITH_LAST_SERVED``).
+
+    >>> record_path(Path("/srv/mt"), "mnist-mlp", "champion")
+    PosixPath('/srv/mt/serving/mnist-mlp.champion.json')
+    """
+    return home / "serving" / f"{model}.{alias}.json"
 
 
 def prune_pointers(folder: Path) -> None:

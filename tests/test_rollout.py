@@ -341,3 +341,38 @@ def test_two_replicas_follow_the_same_rollout_and_a_new_one_resumes_it(service):
         assert versions == {"1", "2"}
         assert requests.get(restarted + "/model", timeout=30).json()["rollout"]["id"] == started["id"]
     _stopped(service)
+
+
+def test_a_restarted_service_starts_with_what_it_served_last_then_follows_the_registry(service):
+    # A starting service serves what its home served last before MLflow's client has loaded, then asks the
+    # registry at once: an alias moved while no server ran is followed within seconds. These servers follow
+    # an alias of their own, so the module's service (on the champion) is not disturbed.
+    env = {**service.env, "MINDTRACE__SERVICE__MODEL_ALIAS": "stable", "MINDTRACE__SERVICE__WORKERS": "1"}
+
+    def move(version: str) -> None:
+        answer = requests.post(
+            f"{service.url}/registry/models/mnist-mlp/aliases/stable",
+            json={"version": version}, headers=AUTH, timeout=60,
+        )  # fmt: skip
+        assert answer.status_code == 200, answer.text
+
+    def versions(url: str) -> set[str]:
+        return {a["model"]["version"] for a in service.classify(range(40), url=url)}
+
+    move("2")
+    with served(env, service.root / "stable-first.log") as (url, _):  # nothing served yet: the registry says
+        assert versions(url) == {"2"}
+    move("1")  # while no server runs
+    log = service.root / "stable-restarted.log"
+    with served(env, log) as (url, _):
+        wait_for(lambda: versions(url) == {"1"}, 30, "the restarted service to follow the alias")
+    text = log.read_text()
+    assert "started with what was served last" in text
+    assert text.index("now serving mnist-mlp version 2") < text.index("now serving mnist-mlp version 1")
+
+    move("2")
+    strict = {**env, "MINDTRACE__SERVICE__START_WITH_LAST_SERVED": "false"}
+    log = service.root / "stable-strict.log"
+    with served(strict, log) as (url, _):
+        assert versions(url) == {"2"}  # ready only once the registry had named the version
+    assert "started with what was served last" not in log.read_text()

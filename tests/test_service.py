@@ -624,8 +624,10 @@ def test_two_servers_sharing_one_home_start_together_with_every_worker_serving(s
             assert {version for _, version in answers} == {expected}
             r = requests.post(url + "/inference", json={"image": digits[0][0]}, headers=INFER, timeout=30)
             assert r.status_code == 200 and r.json()["model"]["version"] == expected
-    pointers = list((server.home / "serving").rglob("*.json"))
+    serving = server.home / "serving"
+    pointers = list(serving.glob("*/*.json"))
     assert len({p.parent for p in pointers}) == 1 and len(pointers) >= 3  # one per server, in one folder
+    assert [p.name for p in serving.glob("*.json")] == ["mnist-mlp.champion.json"]  # what was served last
 
 
 def _models(url: str, n: int) -> list[dict]:
