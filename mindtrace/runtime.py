@@ -16,8 +16,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-# Images per call: bounds the memory of one call however many images it is given.
-CHUNK = 4096
+# Images per ONNX Runtime call: bounds the memory of one call however many images it is given. Measured
+# (2026-11-29, calls of 16,384 images, as 64 batched requests of 256 make): 256 a chunk is as fast per image
+# as 4096 or a little faster (its activations stay in cache), and leaves the process 124 MB rather than 173.
+CHUNK = 256
 
 
 class OnnxClassifier:

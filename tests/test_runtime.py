@@ -41,7 +41,7 @@ def test_the_onnx_graph_gives_pytorchs_probabilities_on_real_digits(real_mnist_d
     assert (expected.argmax(1) == served.argmax(1)).all()
     # Any batch size, one image included, and more images than one call takes at once.
     assert OnnxClassifier(onnx_bytes(net))(pixels[:1]).shape == (1, 10)
-    many = np.concatenate([pixels] * 5)  # 5,000 images: two chunks
+    many = np.concatenate([pixels] * 5)  # 5,000 images, CHUNK (256) a call
     assert np.abs(OnnxClassifier(onnx_bytes(net))(many) - probabilities(net, many)).max() <= RUNTIME_TOLERANCE
 
 
