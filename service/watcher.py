@@ -13,8 +13,12 @@ leader reads it with the alias in one registry call, loads its candidate beside 
 both; followers load what the pointer names. When the rollout promotes, the candidate already loaded
 becomes the champion without a second load.
 
->>> watcher = ChampionWatcher(predictor, Config(), Registry())   # doctest: +SKIP
->>> watcher.start()                                              # doctest: +SKIP
+A leader also writes what it serves to one record per home (``record_path``). A restarted leader serves what
+that record names at once and asks the registry straight after, in the watcher's thread: importing MLflow's
+client and opening its store take seconds that readiness need not wait for.
+
+>>> watcher = ChampionWatcher(predictor, Config(), lambda: Registry())   # doctest: +SKIP
+>>> watcher.start()                                                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -67,8 +71,6 @@ class Follower:
         self.name = settings["MLFLOW"]["REGISTERED_MODEL"]
         self.pointer = pointer_path(settings.home(), bento_model_name(self.name), self.alias)
         self.record = record_path(settings.home(), bento_model_name(self.name), self.alias)
-        self.resume = section.getboolean("START_WITH_LAST_SERVED")
-        self.settings = settings
         self.last_error: str | None = None
         self._failed: tuple[str, float] | None = None  # (what, when)
         self._wake = threading.Event()
@@ -311,6 +313,8 @@ class ChampionWatcher(Follower):
     def __init__(self, predictor: Predictor, settings: Config, registry: Callable[[], Registry]):
         super().__init__(predictor, settings)
         self._registry = registry
+        self.settings = settings
+        self.resume = settings["SERVICE"].getboolean("START_WITH_LAST_SERVED")
 
     @property
     def registry(self) -> Registry:
