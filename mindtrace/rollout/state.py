@@ -268,12 +268,13 @@ def finish(
             registry.set_alias(name, CHAMPION, rollout.candidate, reason=why, actor=actor)
         if registry.alias_target(name, CHALLENGER) == rollout.candidate:
             registry.remove_alias(name, CHALLENGER, reason=why, actor=actor)
-        # The state last: a process that dies before it leaves the rollout running, and its next look ends it.
-        registry.set_model_tag(name, ROLLOUT_TAG, ended.model_dump_json())
         tags = {f"{VERSION_TAG_PREFIX}status": status, f"{VERSION_TAG_PREFIX}reason": reason[:4000]}
         if evidence is not None:
             tags[f"{VERSION_TAG_PREFIX}evidence"] = evidence.model_dump_json()
-        registry.set_version_tags(name, rollout.candidate, tags)
+        registry.set_version_tags(name, rollout.candidate, tags)  # one tag a call: all before the state
+        # The state last: whoever sees the rollout ended finds its evidence on the version; a process that
+        # dies before the state leaves the rollout running, and its next look ends it.
+        registry.set_model_tag(name, ROLLOUT_TAG, ended.model_dump_json())
     return ended, True
 
 
