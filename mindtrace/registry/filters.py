@@ -36,7 +36,13 @@ _CONDITION = re.compile(r"^\s*(?P<key>[A-Za-z_][\w.\-]*)\s*(?P<op>>=|<=|!=|==|=|
 _KEYS = "|".join(FIELDS)
 _PREFIXES = "|".join(p.rstrip(".") for p in PREFIXES)
 CONDITION_PATTERN = rf"^\s*(?:{_KEYS}|(?:{_PREFIXES})\.[\w.\-]+)\s*(?:>=|<=|!=|==|=|>|<)\s*.*?\s*$"
-ORDER_PATTERN = rf"^\s*(?:(?:{_KEYS}|(?:{_PREFIXES})\.\S+)(?:\s+(?:[Aa][Ss][Cc]|[Dd][Ee][Ss][Cc]))?\s*)?$"
+# An ordering's spaces are ASCII ones, spelt out: JSON Schema's \s (ECMA-262) and Python's differ (Python's
+# takes \x1c-\x1f and \x85 for spaces), and schemathesis found a key the document admits and split() cut.
+_SPACE = r"[ \t\n\r\x0b\x0c]"
+ORDER_PATTERN = (
+    rf"^{_SPACE}*(?:(?:{_KEYS}|(?:{_PREFIXES})\.[^ \t\n\r\x0b\x0c]+)"
+    rf"(?:{_SPACE}+(?:[Aa][Ss][Cc]|[Dd][Ee][Ss][Cc]))?{_SPACE}*)?$"
+)
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b,
     "==": lambda a, b: a == b,
@@ -140,7 +146,7 @@ def parse_order(text: str | None) -> tuple[str, bool]:
     >>> parse_order("metrics.test_acc desc"), parse_order("version"), parse_order(None)
     (('metrics.test_acc', True), ('version', False), ('version', True))
     """
-    parts = (text or "").split()
+    parts = [part for part in re.split(_SPACE, text or "") if part]
     if not parts:
         return "version", True
     direction = parts[1].lower() if len(parts) == 2 else "asc"
