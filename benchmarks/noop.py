@@ -2,8 +2,8 @@
 
 The serving benchmark measures it as the service's own ceiling: what BentoML can answer on this machine when
 the inference itself costs nothing. It answers every image with a fixed prediction, unchecked. It shares
-``service.settings``, ``service.guard`` and ``service.direct`` with the service, not ``service.app``, which
-would load the model.
+``service.settings``, ``service.spread``, ``service.guard`` and ``service.direct`` with the service, not
+``service.app``, which would load the model.
 
     bentoml serve benchmarks.noop:svc
 """
@@ -18,7 +18,8 @@ from pydantic import Field
 from service.direct import Direct
 from service.guard import INFERENCE_PATHS, Guard
 from service.schemas import MAX_BATCH, BatchResponse, InferenceResponse, ModelRef, Prediction
-from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, settle_the_collector
+from service.settings import GUARD_OPTIONS, SERVICE_CONFIG, SPREAD_CONNECTIONS, settle_the_collector
+from service.spread import Spread
 
 FIXED = Prediction(label=0, probabilities=[1.0] + [0.0] * 9, prediction_id="0" * 16)
 MODEL = ModelRef(name="noop", version="0")
@@ -41,6 +42,8 @@ class Noop:
         return BatchResponse(predictions=[FIXED] * len(images), model=MODEL)
 
 
+if SPREAD_CONNECTIONS:
+    Noop.add_asgi_middleware(Spread)
 Noop.add_asgi_middleware(Guard, **GUARD_OPTIONS)
 Noop.add_asgi_middleware(Direct, service=Noop, paths=INFERENCE_PATHS)
 svc = Noop

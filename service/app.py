@@ -54,10 +54,12 @@ from service.settings import (
     GUARD_OPTIONS,
     SERVICE_CONFIG,
     SETTINGS,
+    SPREAD_CONNECTIONS,
     configured_tokens,
     settings,
     settle_the_collector,
 )
+from service.spread import Spread
 
 if TYPE_CHECKING:
     from mindtrace.registry.query import Registry
@@ -304,6 +306,8 @@ def _monitoring(
 
 
 Mindtrace.mount_asgi_app(control.app, path="/")
+if SPREAD_CONNECTIONS:  # outermost: it only adds a header now and then
+    Mindtrace.add_asgi_middleware(Spread)
 Mindtrace.add_asgi_middleware(Guard, **GUARD_OPTIONS)
 Mindtrace.add_asgi_middleware(Document, tokens=configured_tokens(), schemas=control.SCHEMAS)
 # Innermost of the three: HTTP requests to the inference routes skip BentoML's per-call API layer (direct.py).

@@ -24,6 +24,8 @@ SERVICE_CONFIG: dict[str, Any] = {
     # BentoML opens an OpenTelemetry span per request even with no exporter configured: off unless asked for.
     "tracing": {} if SETTINGS.getboolean("TRACING") else {"excluded_urls": [".*"]},
 }
+# One worker has no sibling to hand connections to (service.spread).
+SPREAD_CONNECTIONS = SETTINGS.getboolean("SPREAD_CONNECTIONS") and SETTINGS.getint("WORKERS") != 1
 GUARD_OPTIONS: dict[str, Any] = {
     "max_body_bytes": SETTINGS.getint("MAX_BODY_BYTES"),
     "api_token": os.environ.get("MINDTRACE_API_TOKEN", ""),
