@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -170,12 +170,14 @@ class Usage:
     """What a process tree used while metered: CPU in cores (1.0 = one core busy; user and system time of
     the processes, not the kernel's network work done for them), resident memory in MB. ``rss_mb_first`` and
     ``rss_mb_last`` add up the processes alive at both ends, so a helper process that came or went (a
-    retraining job) does not count as growth."""
+    retraining job) does not count as growth. ``cpu_by_process`` is each process's share of ``cpu_cores``,
+    busiest first: it shows whether the workers shared the load."""
 
     cpu_cores: float
     rss_mb_first: float
     rss_mb_last: float
     rss_mb_max: float
+    cpu_by_process: list[float] = field(default_factory=list)
 
 
 class Meter:
@@ -209,10 +211,11 @@ class Meter:
         self._thread.join()
         self._sample()
         seconds = max(time.monotonic() - self._t0, 1e-9)
-        used = sum(self._cpu[pid] - self._cpu_first[pid] for pid in self._cpu)
+        used = sorted((self._cpu[pid] - self._cpu_first[pid] for pid in self._cpu), reverse=True)
         both = self._rss_first.keys() & self._rss_last.keys()
         first, last = (sum(sizes[pid] for pid in both) / 2**20 for sizes in (self._rss_first, self._rss_last))
-        self.usage = Usage(used / seconds, first, last, max(self._rss or [0.0]))
+        cores = [round(u / seconds, 2) for u in used]
+        self.usage = Usage(sum(used) / seconds, first, last, max(self._rss or [0.0]), cores)
 
     def _loop(self) -> None:
         while not self._done.wait(self.interval):

@@ -61,6 +61,12 @@ def render(results: dict[str, Any], charts: list[str]) -> str:
             f"{FLAG} marks runs where wrk used more than {WRK_BOUND} of a core: there the generator may "
             "have set the pace, not the server."
         )
+    if any(r.get("unbalanced_rounds") for r in rows):
+        sections.append(
+            f"{FLAG} beside the server's CPU counts the rounds in which one worker took every connection "
+            "and the other idled: the workers share one listening socket (DESIGN.md, Connections and "
+            "workers)."
+        )
     sections.append("## Single images")
     for connections in o["connections"]:
         sections += [f"### {connections} connections", _single(rows, connections)]
@@ -302,12 +308,17 @@ def _cell(r: dict[str, Any], column: str, rows: list[dict[str, Any]]) -> str:
         "max": f"{r['max_ms']:.0f}",
         "errors": f"{errors}" if errors else "0",
         "answers": ", ".join(f"{n:,} {k}" for k, n in (counted or {}).items() if n),
-        "CPU": f"{r['server_cpu']:.2f}",
+        "CPU": f"{r['server_cpu']:.2f}" + _unbalanced(r),
         "wrk": f"{r['wrk_cpu']:.2f}" + (f" {FLAG}" if r["wrk_bound"] else ""),
         "RSS": f"{r['rss_mb_first']:,.0f} → {r['rss_mb_last']:,.0f} MB",
         "note": r["note"],
     }
     return cells[column]
+
+
+def _unbalanced(r: dict[str, Any]) -> str:
+    n = r.get("unbalanced_rounds", 0)  # absent from results written before it was measured
+    return f" {FLAG} one worker busy in {n} of {r['rounds']} rounds" if n else ""
 
 
 def _memory(results: dict[str, Any]) -> str:

@@ -102,6 +102,8 @@ class Point:
     rss_mb_first: float  # the processes alive at both ends, at the start and at the end
     rss_mb_last: float
     note: str = ""
+    cpu_split: list[float] = field(default_factory=list)  # each process's cores, busiest first
+    unbalanced: bool = False  # one worker did the work (``one_worker_busy``)
 
 
 class Bench:
@@ -296,18 +298,21 @@ class Bench:
             result = run_wrk(s.url, bodies, route, connections, seconds, script, log)
         usage = server_meter.usage
         assert usage is not None
+        unbalanced = one_worker_busy(usage.cpu_by_process, self.options.workers)
         point = Point(
             s.name, scenario, connections, round_, images, result, usage.cpu_cores, usage.rss_mb_max,
-            usage.rss_mb_first, usage.rss_mb_last,
+            usage.rss_mb_first, usage.rss_mb_last, cpu_split=usage.cpu_by_process, unbalanced=unbalanced,
         )  # fmt: skip
         self.points.append(point)
         flag = f" [yellow]wrk used {result.cpu:.2f} cores: the generator may have set the pace[/]"
+        split = " + ".join(f"{c:.2f}" for c in usage.cpu_by_process[: self.options.workers])
         console.print(
             f"{s.name:>18} {scenario:>7} c{connections:<3} r{round_}: {result.rps:8.0f} req/s "
             f"{result.rps * images:9.0f} img/s  p50 {result.p50_ms:6.1f} p90 {result.p90_ms:6.1f} "
             f"p99 {result.p99_ms:6.1f} max {result.max_ms:6.0f} ms  errors {result.error_count}  "
-            f"server {usage.cpu_cores:.2f} cores {usage.rss_mb_max:.0f} MB  wrk {result.cpu:.2f}"
-            + (flag if result.cpu > WRK_BOUND else ""),
+            f"server {usage.cpu_cores:.2f} cores ({split}) {usage.rss_mb_max:.0f} MB  wrk {result.cpu:.2f}"
+            + (flag if result.cpu > WRK_BOUND else "")
+            + (" [yellow]one worker took every connection[/]" if unbalanced else ""),
             highlight=False,
         )
         if result.statuses:
@@ -420,10 +425,25 @@ def medians(points: list[Point]) -> list[dict[str, Any]]:
                 "rss_mb_last": group[-1].rss_mb_last,
                 "wrk_cpu": max(r.cpu for r in runs),
                 "wrk_bound": any(r.cpu > WRK_BOUND for r in runs),
+                "unbalanced_rounds": sum(p.unbalanced for p in group),
                 "note": "; ".join(p.note for p in group if p.note),
             }
         )
     return rows
+
+
+def one_worker_busy(cores_by_process: list[float], workers: int) -> bool:
+    """True when, of a server's ``workers`` busiest processes, one was busy and another nearly idle.
+
+    Workers that share one listening socket race to accept each connection, and the first to wake often
+    takes a whole burst of them (DESIGN.md, "Connections and workers"): with a few keep-alive connections,
+    one worker may serve them all while the other idles. Such a round measures one worker, not the server.
+
+    >>> one_worker_busy([0.98, 0.04, 0.01], 2), one_worker_busy([0.95, 0.90, 0.02], 2)
+    (True, False)
+    """
+    busiest = cores_by_process[:workers]
+    return workers > 1 and len(busiest) == workers and busiest[0] >= 0.5 and busiest[-1] < 0.25 * busiest[0]
 
 
 def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
