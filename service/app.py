@@ -10,7 +10,6 @@ MLflow's client (``service.watcher`` says why only worker 1).
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
@@ -55,6 +54,7 @@ from service.settings import (
     SERVICE_CONFIG,
     SETTINGS,
     SPREAD_CONNECTIONS,
+    RegistryGarbage,
     configured_tokens,
     settings,
     settle_the_collector,
@@ -123,8 +123,8 @@ class Mindtrace:
                 from mindtrace.registry.query import Registry
 
                 seconds = SETTINGS.getfloat("REGISTRY_TIMEOUT_SECONDS")
-                self._registry = cast("Registry", Bounded(Registry(config=settings), seconds))
-                gc.freeze()  # MLflow's modules live as long as the worker, like the rest of its start-up heap
+                tidy = RegistryGarbage(SETTINGS.getint("GC_AFTER_REGISTRY_CALLS"))
+                self._registry = cast("Registry", Bounded(Registry(config=settings), seconds, after=tidy))
             return self._registry
 
     @bentoml.on_startup

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as Late
 from typing import Any
@@ -34,9 +35,12 @@ class Bounded:
     alias history shows whether it was.
     """
 
-    def __init__(self, registry: Any, seconds: float, threads: int = 4):
+    def __init__(
+        self, registry: Any, seconds: float, threads: int = 4, after: Callable[[], None] | None = None
+    ):
         self._registry = registry
         self._seconds = seconds
+        self._after = after  # run on the call's thread once it returns (service.settings.RegistryGarbage)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="registry")
         self._late = 0  # calls given up on that have not returned yet
         self._lock = threading.Lock()
@@ -59,7 +63,7 @@ class Bounded:
                     f"the registry has not answered an earlier request within {self._seconds:g} s and is "
                     "still busy with it (a locked store, a slow server?); retry shortly"
                 )
-        future = self._pool.submit(method, *args, **kwargs)
+        future = self._pool.submit(self._run, method, *args, **kwargs)
         try:
             return future.result(timeout=self._seconds)
         except Late:
@@ -70,6 +74,13 @@ class Bounded:
             if method.__name__ in WRITES:
                 late += "; the change may still be applied when it answers: look before you retry"
             raise RegistryUnavailableError(late) from None
+
+    def _run(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        finally:
+            if self._after is not None:
+                self._after()
 
     def _returned(self, _: Future) -> None:
         with self._lock:
