@@ -2,8 +2,11 @@
 
 ``record`` runs on the event loop for every answered request: it makes the prediction ids (one random
 draw per request) and, for a sampled request, appends one tuple holding the request's arrays to a queue;
-nothing else. A writer thread turns the queue into rows and writes them in one SQLite transaction every
-``FLUSH_SECONDS`` (``mindtrace.monitoring.store``), and applies retention every 30 flushes. So a worker killed
+nothing else. A writer thread turns the queue into rows and writes them every ``FLUSH_SECONDS``
+(``mindtrace.monitoring.store``), or as soon as ``FLUSH_ROWS`` predictions wait, in transactions of about
+that many rows, and applies retention every 30 s. Bounded writes keep the worker small: at 18,000 logged
+predictions a second a worker, one-second transactions (the queue, its concatenated copy and SQLite's pages
+at once) left each worker about 80 MB larger (DESIGN.md, "The prediction log's memory"). So a worker killed
 mid-write loses at most its unwritten batch, and the log is never half-written (a transaction is atomic).
 
 A queued tuple holds the ids as one string, the model, the version and the two arrays: objects the garbage
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -35,7 +39,8 @@ from service import metrics
 from service.batching import Served
 
 log = logging.getLogger("mindtrace.service")
-RETENTION_EVERY_FLUSHES = 30  # deleting old rows is cheap, but not worth a transaction at every flush
+RETENTION_EVERY_SECONDS = 30.0  # deleting old rows is cheap, but not worth a transaction at every flush
+FLUSH_ROWS = 4096  # predictions a transaction holds, about: 3.4 MB of pixels
 
 
 class Recorder:
@@ -64,6 +69,7 @@ class Recorder:
         self._queued_rows = self._taken_rows = 0
         self._lock = threading.Lock()  # one flush at a time: the writer thread's, or one asked for
         self._stop = threading.Event()
+        self._due = threading.Event()  # FLUSH_ROWS predictions wait: write them before the timer says so
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -133,40 +139,53 @@ class Recorder:
         else:
             self._pending.append((ids, model, version, pixels, probs, role))
             self._queued_rows += n
+            if self._queued_rows - self._taken_rows >= FLUSH_ROWS and not self._due.is_set():
+                self._due.set()
 
     def flush(self) -> int:
-        """Write everything queued so far, now; how many predictions were written."""
+        """Write everything queued so far, now, in transactions of about ``FLUSH_ROWS`` predictions; how many
+        predictions were written."""
         with self._lock:
             self._flush_stats()
-            taken = []
+            written = 0
             while self._pending:
-                taken.append(self._pending.popleft())
-            if not taken:
-                return 0
-            by_version: dict[tuple[str, str, str], list[tuple]] = {}
-            for entry in taken:  # in time order, as the log wants each version's predictions
-                by_version.setdefault((entry[1], entry[2], entry[5]), []).append(entry)
-            batches = [
-                Batch(
-                    ids=split_ids("".join(e[0] for e in entries)),
-                    model=model,
-                    version=version,
-                    probabilities=np.concatenate([e[4] for e in entries]),
-                    pixels=None if role == "shadow" else np.concatenate([e[3] for e in entries]),
-                    role=role,
-                )
-                for (model, version, role), entries in by_version.items()
-            ]
-            n = sum(len(b.ids) for b in batches)
-            self._taken_rows += n
-            try:
-                self.store.write(batches)
-            except Exception as exc:  # noqa: BLE001 - a full disk or a locked file must not stop serving
-                log.error("could not write %d predictions to the prediction log: %s", n, exc)
-                metrics.log_dropped(n)
-                return 0
-            metrics.log_written(n)
-            return n
+                written += self._write(self._take())
+            return written
+
+    def _take(self) -> list[tuple]:
+        """Queued entries from the oldest, whole requests, until they hold ``FLUSH_ROWS`` predictions."""
+        taken, rows = [], 0
+        while self._pending and rows < FLUSH_ROWS:
+            entry = self._pending.popleft()
+            taken.append(entry)
+            rows += len(entry[4])
+        self._taken_rows += rows
+        return taken
+
+    def _write(self, taken: list[tuple]) -> int:
+        by_version: dict[tuple[str, str, str], list[tuple]] = {}
+        for entry in taken:  # in time order, as the log wants each version's predictions
+            by_version.setdefault((entry[1], entry[2], entry[5]), []).append(entry)
+        batches = [
+            Batch(
+                ids=split_ids("".join(e[0] for e in entries)),
+                model=model,
+                version=version,
+                probabilities=np.concatenate([e[4] for e in entries]),
+                pixels=None if role == "shadow" else np.concatenate([e[3] for e in entries]),
+                role=role,
+            )
+            for (model, version, role), entries in by_version.items()
+        ]
+        n = sum(len(b.ids) for b in batches)
+        try:
+            self.store.write(batches)
+        except Exception as exc:  # noqa: BLE001 - a full disk or a locked file must not stop serving
+            log.error("could not write %d predictions to the prediction log: %s", n, exc)
+            metrics.log_dropped(n)
+            return 0
+        metrics.log_written(n)
+        return n
 
     def _flush_stats(self) -> None:
         with self._stats_lock:
@@ -189,16 +208,19 @@ class Recorder:
     def stop(self) -> None:
         """Write what is queued and stop the thread (the worker is shutting down)."""
         self._stop.set()
+        self._due.set()
         if self._thread is not None:
             self._thread.join(timeout=self.flush_seconds + 5)
         self.flush()
 
     def _loop(self) -> None:
-        flushes = 0
-        while not self._stop.wait(self.flush_seconds):
+        retention_at = time.monotonic() + RETENTION_EVERY_SECONDS
+        while not self._stop.is_set():
+            self._due.wait(self.flush_seconds)
+            self._due.clear()
             self.flush()
-            flushes += 1
-            if self.retention and flushes % RETENTION_EVERY_FLUSHES == 0:
+            if self.retention and time.monotonic() >= retention_at:
+                retention_at = time.monotonic() + RETENTION_EVERY_SECONDS
                 try:
                     self.store.apply_retention(self.retention)
                 except Exception as exc:  # noqa: BLE001 - retried at the next round

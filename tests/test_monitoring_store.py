@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from mindtrace.monitoring.drift import DriftVerdict
 from mindtrace.monitoring.report import LiveAccuracy, VersionReport, version_report, wilson
 from mindtrace.monitoring.store import id_time, new_ids, split_ids
 from mindtrace.monitoring.trigger import RetrainPolicy
-from service.recorder import Recorder
+from service.recorder import FLUSH_ROWS, Recorder
 
 RNG = np.random.default_rng(3)
 
@@ -185,3 +186,27 @@ def test_the_recorder_bounds_its_queue_and_writes_in_one_flush(tmp_path):
     unsampled = Recorder(log, sample=0.0, flush_seconds=60, max_pending=100)
     ids, sampled = unsampled.record(pixels, probs, "m", "2")
     assert len(ids) == 64 and not sampled and unsampled.flush() == 0
+
+
+def test_the_writer_wakes_for_a_full_transaction_and_writes_bounded_ones(tmp_path):
+    """Writes hold about FLUSH_ROWS predictions each, whole requests, and start as soon as that many wait,
+    long before the timer (DESIGN.md, "The prediction log's memory")."""
+    log = PredictionLog(tmp_path / "p.db")
+    writes: list[int] = []
+    write = log.write
+    log.write = lambda batches: (writes.append(sum(len(b.ids) for b in batches)), write(batches))[1]
+    recorder = Recorder(log, sample=1.0, flush_seconds=60, max_pending=100_000)
+    recorder.start()
+    try:
+        probs = RNG.dirichlet(np.ones(10), 1024).astype(np.float32)
+        pixels = np.zeros((1024, 28, 28), np.uint8)
+        for _ in range(10):  # 10,240 predictions: two transactions' worth, and a rest
+            recorder.record(pixels, probs, "m", "1")
+        wait_until = time.monotonic() + 10
+        while sum(writes) < 2 * FLUSH_ROWS and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        assert sum(writes) >= 2 * FLUSH_ROWS  # written without waiting the 60 s of the timer
+    finally:
+        recorder.stop()
+    assert sum(writes) == 10_240 and log.count("m", "1")[0] == 10_240
+    assert max(writes) <= FLUSH_ROWS + 1024  # whole requests, up to about FLUSH_ROWS
