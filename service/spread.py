@@ -109,6 +109,7 @@ class Spread:
             if message["type"] == "lifespan.shutdown":
                 with contextlib.suppress(OSError):
                     os.unlink(self.board / str(os.getpid()))
+                    self._siblings()  # removes the files of workers that were killed
                     self.board.rmdir()  # only once the last worker has gone: it is empty then
             return message
 
