@@ -8,11 +8,11 @@ BentoML 1.4 offers no per-worker socket (``SO_REUSEPORT``) to let the kernel spr
 
 This middleware evens the load out with what HTTP/1.1 already has. Each worker counts the connections that
 sent it a request in the last ``WINDOW`` seconds and publishes the count in a small file beside its
-siblings' (one folder per server, named after the supervising process). A worker that holds ``MARGIN`` or more
-connections than the least busy of its siblings answers its next request with ``Connection: close``, at
-most one every ``SHED_EVERY`` seconds. The answer is whole; the client opens a new connection, which the
-sibling that waits in ``accept`` (the idle one) is the likelier to take. Counts even out within a second or
-two, and then nothing more is closed.
+siblings' (one folder per server, named after the supervising process). A busy worker (another request in
+flight) that holds ``MARGIN`` or more connections than the least busy of its siblings answers its next
+request with ``Connection: close``, at most one every ``SHED_EVERY`` seconds. The answer is whole; the
+client opens a new connection, which the sibling that waits in ``accept`` (the idle one) is the likelier to
+take. Counts even out within a second or two, and then nothing more is closed.
 
 >>> svc.add_asgi_middleware(Spread)   # doctest: +SKIP
 """
