@@ -5,6 +5,8 @@ and the recorder's ids and bounded queue."""
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.synchronize
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -95,6 +97,36 @@ def test_writers_in_several_processes_lose_nothing(tmp_path):
     assert PredictionLog(path).count("m", "1")[0] == 3 * 20 * 200
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def _opener(folder: str, rounds: int, start: multiprocessing.synchronize.Barrier, seed: int) -> None:
+    jitter = random.Random(seed)
+    for k in range(rounds):
+        start.wait(timeout=10)  # every process opens the same new file at about the same moment
+        time.sleep(jitter.random() * 0.003)
+        PredictionLog(Path(folder) / f"{k}.db")
+
+
+def test_workers_starting_together_all_open_a_new_log(tmp_path):
+    """A server's workers start together and each opens the prediction log, the first creating it. SQLite
+    refuses one of two connections switching a new file to WAL at once; before the switch was retried, this
+    failed in about one round out of fifty (and a worker died at startup, once in a few CI runs)."""
+    processes, rounds = 2, 150
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(processes)
+    folder = str(tmp_path)
+    openers = [context.Process(target=_opener, args=(folder, rounds, start, k)) for k in range(processes)]
+    for p in openers:
+        p.start()
+    for p in openers:
+        p.join(timeout=120)
+    assert [p.exitcode for p in openers] == [0] * processes
+    for k in range(0, rounds, 10):
+        with sqlite3.connect(tmp_path / f"{k}.db") as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert db.execute("PRAGMA page_size").fetchone() == (16384,)
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert {"chunks", "feedback", "rollout_stats", "retrain_triggers"} <= tables
 
 
 def test_the_retraining_claim_is_taken_once(tmp_path):

@@ -221,12 +221,30 @@ class PredictionLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """Create the file, or bring an older one up to date, while other processes may do the same: a
+        server's workers all open the log as they start."""
+        give_up = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                with self._connect() as db:
+                    # Both persistent, and the page size only takes on a new file, before WAL mode: a flush's
+                    # blobs span fewer pages of 16 kB than of 4 kB, which halved the CPU a flush takes.
+                    db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+                    db.execute("PRAGMA journal_mode=WAL")
+                break
+            # Two connections switching a new file to WAL at once: SQLite refuses one at once rather than
+            # wait out the busy timeout (waiting could deadlock), and the refused one asks again.
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.01)
         with self._connect() as db:
-            # Both persistent, and the page size only takes on a new file, before WAL mode: a flush's blobs
-            # span fewer pages of 16 kB than of 4 kB, which halved the CPU a flush takes (DESIGN.md).
-            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+            db.execute("BEGIN IMMEDIATE")  # the write lock first (waiting its turn): no one changes the
+            for statement in SCHEMA.split(";"):  # schema between the checks below and the changes
+                db.execute(statement)
             # A log written before rollouts: its predictions all answered, none shadowed.
             if "role" not in {row[1] for row in db.execute("PRAGMA table_info(chunks)")}:
                 db.execute("ALTER TABLE chunks ADD COLUMN role TEXT NOT NULL DEFAULT 'answer'")
