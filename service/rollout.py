@@ -100,9 +100,9 @@ class Decider:
         ended, changed = finish(
             svc.registry, rollout.model, rollout.id, status, reason, evidence, "mindtrace"
         )
-        if changed:
-            metrics.rollout_decided(rollout.model, status)
-            log.warning("rollout %s %s: %s", rollout.id, status, reason)
+        if changed:  # as it ended: a promotion of a version deleted meanwhile is a rollback
+            metrics.rollout_decided(rollout.model, ended.status)
+            log.warning("rollout %s %s: %s", rollout.id, ended.status, ended.reason)
             svc.watcher.wake()
         return ended if changed else None
 

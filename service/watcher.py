@@ -169,10 +169,10 @@ class Follower:
         try:
             loaded = candidate if candidate and candidate.version == rollout.candidate else None
             served = self._load_candidate(spec, loaded)
-        except RegistryError as exc:  # tried again at the next look
+        except RegistryUnavailableError as exc:  # not the candidate's fault: tried again at the next look
             self._note_error(f"cannot read the registry: {exc}", swap=False)
             return
-        except Exception as exc:  # noqa: BLE001 - the champion alone goes on serving
+        except Exception as exc:  # noqa: BLE001 - a version gone or unloadable: the champion alone serves
             self._failed = (key, time.monotonic())
             what = f"candidate version {rollout.candidate} of {self.name}"
             self._note_error(f"{what} was not loaded: {exc}", swap=True)

@@ -84,6 +84,12 @@ class Service:
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(one, indices))
 
+    def versions(
+        self, n: int, url: str | None = None, headers: dict | None = None, first: int = 0
+    ) -> set[str]:
+        """The versions that answered ``n`` requests (test digits ``first`` on)."""
+        return {a["model"]["version"] for a in self.classify(range(first, first + n), url, headers)}
+
     def feedback(self, indices, answers: list[dict]) -> None:
         items = [
             {"prediction_id": a["prediction_id"], "label": int(self.labels[i])}
@@ -192,7 +198,7 @@ def test_a_canary_answers_its_share_and_every_answer_names_its_version(service):
     stopped = _stopped(service)
     assert stopped["status"] == "aborted" and stopped["reason"] == "stopped by a person"
     time.sleep(1.5)
-    assert {a["model"]["version"] for a in service.classify(range(300))} == {"1"}
+    assert service.versions(300) == {"1"}
     assert requests.delete(f"{service.url}/registry/models/mnist-mlp/rollout", timeout=30).status_code == 401
 
 
@@ -200,10 +206,7 @@ def test_a_sticky_canary_gives_each_client_one_version(service):
     _started(service, version="2", mode="canary", percent=50, sticky_header="X-Client-Id", **PATIENT)
     seen = {}
     for client in range(16):
-        answers = service.classify(
-            range(client * 10, client * 10 + 10), headers={"X-Client-Id": f"c{client}"}
-        )
-        versions = {a["model"]["version"] for a in answers}
+        versions = service.versions(10, headers={"X-Client-Id": f"c{client}"}, first=client * 10)
         assert len(versions) == 1, f"client c{client} saw {versions}"
         seen[client] = versions.pop()
     assert set(seen.values()) == {"1", "2"}
@@ -256,7 +259,7 @@ def test_a_bad_candidate_is_rolled_back_and_a_better_one_promoted_from_feedback(
     assert state["status"] == "promoted", state
     assert state["evidence"]["candidate"]["accuracy"] >= state["evidence"]["champion"]["accuracy"]
     assert service.champion() == "2"
-    wait_for(lambda: {a["model"]["version"] for a in service.classify(range(50))} == {"2"}, 10, "version 2")
+    wait_for(lambda: service.versions(50) == {"2"}, 10, "version 2")
     metrics = requests.get(f"{service.url}/metrics", timeout=30).text
     assert 'mindtrace_rollout_decisions_total{model="mnist-mlp",outcome="promoted"}' in metrics
 
@@ -265,9 +268,8 @@ def test_64_clients_see_no_failure_through_start_promote_rollback_and_stop(servi
     # Every worker has let the last test's candidate go (within a swap poll of its end), so that only this
     # test's versions answer.
     wait_for(
-        lambda: {a["model"]["version"] for a in service.classify(range(100))} == {service.champion()},
-        15, "the last rollout's candidate to leave",
-    )  # fmt: skip
+        lambda: service.versions(100) == {service.champion()}, 15, "the last rollout's candidate to leave"
+    )
     stop, failures, answered = threading.Event(), [], Counter()
 
     def client(k: int) -> None:
@@ -327,24 +329,18 @@ def test_two_replicas_follow_the_same_rollout_and_a_new_one_resumes_it(service):
     env = {**service.env, "MINDTRACE__SERVICE__WORKERS": "1"}
     with served(env, service.root / "replica.log") as (replica, _):
         _started(service, version=other, mode="canary", percent=50, **PATIENT)
-        seen = wait_for(
-            lambda: {a["model"]["version"] for a in service.classify(range(100), url=replica)} == {"1", "2"},
-            10, "the replica to serve the candidate",
-        )  # fmt: skip
-        assert seen
+        wait_for(
+            lambda: service.versions(100, replica) == {"1", "2"}, 10, "the replica to serve the candidate"
+        )
         assert service.state()["id"] == service.rollout(url=replica).json()["id"]
         stopped = service.rollout("DELETE", url=replica)  # stopped through the replica
         assert stopped.status_code == 200 and stopped.json()["status"] == "aborted"
-        wait_for(
-            lambda: {a["model"]["version"] for a in service.classify(range(100))} == {champion},
-            10, "the first service to drop the candidate",
-        )  # fmt: skip
+        wait_for(lambda: service.versions(100) == {champion}, 10, "the first service to drop the candidate")
 
     # A service started while a rollout runs (a restart) serves it from the start.
     started = _started(service, version=other, mode="canary", percent=50, **PATIENT)
     with served(env, service.root / "restarted.log") as (restarted, _):
-        versions = {a["model"]["version"] for a in service.classify(range(200), url=restarted)}
-        assert versions == {"1", "2"}
+        assert service.versions(200, restarted) == {"1", "2"}
         assert requests.get(restarted + "/model", timeout=30).json()["rollout"]["id"] == started["id"]
     _stopped(service)
 
@@ -362,16 +358,13 @@ def test_a_restarted_service_starts_with_what_it_served_last_then_follows_the_re
         )  # fmt: skip
         assert answer.status_code == 200, answer.text
 
-    def versions(url: str) -> set[str]:
-        return {a["model"]["version"] for a in service.classify(range(40), url=url)}
-
     move("2")
     with served(env, service.root / "stable-first.log") as (url, _):  # nothing served yet: the registry says
-        assert versions(url) == {"2"}
+        assert service.versions(40, url) == {"2"}
     move("1")  # while no server runs
     log = service.root / "stable-restarted.log"
     with served(env, log) as (url, _):
-        wait_for(lambda: versions(url) == {"1"}, 30, "the restarted service to follow the alias")
+        wait_for(lambda: service.versions(40, url) == {"1"}, 30, "the restarted service to follow the alias")
     text = log.read_text()
     assert "started with what was served last" in text
     assert text.index("now serving mnist-mlp version 2") < text.index("now serving mnist-mlp version 1")
@@ -380,5 +373,27 @@ def test_a_restarted_service_starts_with_what_it_served_last_then_follows_the_re
     strict = {**env, "MINDTRACE__SERVICE__START_WITH_LAST_SERVED": "false"}
     log = service.root / "stable-strict.log"
     with served(strict, log) as (url, _):
-        assert versions(url) == {"2"}  # ready only once the registry had named the version
+        assert service.versions(40, url) == {"2"}  # ready only once the registry had named the version
     assert "started with what was served last" not in log.read_text()
+
+
+def test_a_rollout_whose_candidate_is_gone_is_rolled_back_with_the_reason(service):
+    # Started from Python behind the service's back, then the candidate deleted before the leader could load
+    # it: the leader ends the rollout and says why, rather than asking the registry again at every look.
+    from mlflow import MlflowClient
+
+    from mindtrace.config import Config
+    from mindtrace.registry import Registry
+    from mindtrace.rollout import RolloutRequest, start
+
+    champion = service.champion()
+    registry = Registry(config=Config(env=service.env))
+    client = MlflowClient(registry.tracking_uri)
+    copied = client.get_model_version("mnist-mlp", "2")
+    gone = client.create_model_version("mnist-mlp", source=copied.source, run_id=copied.run_id).version
+    rollout = start(registry, None, RolloutRequest(version=str(gone), mode="canary", percent=50, **PATIENT))
+    client.delete_model_version("mnist-mlp", str(gone))
+    state = wait_for(lambda: (s := service.state())["status"] != "running" and s, 30, "the rollout to end")
+    assert (state["id"], state["status"]) == (rollout.id, "rolled-back"), state
+    assert "cannot be loaded" in state["reason"] and str(gone) in state["reason"], state
+    assert service.champion() == champion and service.versions(100) == {champion}

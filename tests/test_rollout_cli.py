@@ -149,3 +149,17 @@ def test_refused_starts_leave_the_registry_alone(setup, canary, options, status,
     assert says in done.stdout and "Traceback" not in done.stderr
     assert setup.rollout().status == "aborted"
     assert setup.aliases() == {"champion": "1"}
+
+
+def test_a_candidate_deleted_during_its_rollout_is_rolled_back_rather_than_promoted(setup, canary):
+    from mindtrace.rollout import RolloutRequest, finish, start
+
+    registry, name = setup.registry, setup.registry.default_name
+    copied = registry.client.get_model_version(name, "2")
+    gone = str(registry.client.create_model_version(name, source=copied.source, run_id=copied.run_id).version)
+    rollout = start(registry, None, RolloutRequest(version=gone))
+    registry.client.delete_model_version(name, gone)
+    ended, changed = finish(registry, None, rollout.id, "promoted", "every check passed")
+    assert changed and ended.status == "rolled-back" and f"version {gone} was deleted" in ended.reason
+    assert (setup.rollout().id, setup.rollout().status) == (rollout.id, "rolled-back")
+    assert setup.aliases() == {"champion": "1"}

@@ -245,8 +245,9 @@ def finish(
     actor: str | None = None,
 ) -> tuple[Rollout, bool]:
     """End rollout ``rollout_id`` with ``status``: a promotion moves ``champion`` to the candidate, any end
-    takes the ``challenger`` alias off it. Returns the rollout and whether this call ended it (False when it
-    had ended already: another replica decided first, or a person stopped it)."""
+    takes the ``challenger`` alias off it; a candidate deleted from the registry meanwhile is rolled back
+    rather than promoted. Returns the rollout as it ended and whether this call ended it (False when it had
+    ended already: another replica decided first, or a person stopped it)."""
     name = registry.model_name(name)
     with _locked(registry, name):
         rollout = current(registry, name)
@@ -254,6 +255,9 @@ def finish(
             raise NotFoundError(f"{name!r} has no rollout")
         if rollout.id != rollout_id or not rollout.running:
             return rollout, False
+        registered = _registered(registry, name, rollout.candidate)
+        if status == "promoted" and not registered:
+            status, reason = "rolled-back", f"version {rollout.candidate} was deleted from the registry"
         ended = rollout.model_copy(
             update={
                 "status": status,
@@ -271,11 +275,20 @@ def finish(
         tags = {f"{VERSION_TAG_PREFIX}status": status, f"{VERSION_TAG_PREFIX}reason": reason[:4000]}
         if evidence is not None:
             tags[f"{VERSION_TAG_PREFIX}evidence"] = evidence.model_dump_json()
-        registry.set_version_tags(name, rollout.candidate, tags)  # one tag a call: all before the state
+        if registered:  # a deleted candidate has no tags: its rollout's state below keeps the evidence
+            registry.set_version_tags(name, rollout.candidate, tags)  # one tag a call: all before the state
         # The state last: whoever sees the rollout ended finds its evidence on the version; a process that
         # dies before the state leaves the rollout running, and its next look ends it.
         registry.set_model_tag(name, ROLLOUT_TAG, ended.model_dump_json())
     return ended, True
+
+
+def _registered(registry: Registry, name: str, version: str) -> bool:
+    try:
+        registry.get_version(name, version)
+    except NotFoundError:
+        return False
+    return True
 
 
 def _locked(registry: Registry, name: str):  # noqa: ANN202 - a context manager
