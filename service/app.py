@@ -32,7 +32,7 @@ from mindtrace.predict import batch_pixels, digit_pixels
 from mindtrace.registry.errors import RegistryUnavailableError
 from mindtrace.registry.schemas import AliasEvent
 from mindtrace.train_config import TrainRequest
-from service import control, logs, metrics
+from service import control, logs, metrics, oip
 from service.batching import NotServing, Overloaded, Predictor
 from service.deadline import Bounded
 from service.direct import Direct
@@ -310,6 +310,9 @@ if SPREAD_CONNECTIONS:  # outermost: it only adds a header now and then
     Mindtrace.add_asgi_middleware(Spread)
 Mindtrace.add_asgi_middleware(Guard, **GUARD_OPTIONS)
 Mindtrace.add_asgi_middleware(Document, tokens=configured_tokens(), schemas=control.SCHEMAS)
-# Innermost of the three: HTTP requests to the inference routes skip BentoML's per-call API layer (direct.py).
-Mindtrace.add_asgi_middleware(Direct, service=Mindtrace, paths=INFERENCE_PATHS)
+# Innermost of the three: HTTP requests to the inference routes skip BentoML's per-call API layer, and V2
+# infer requests the mounted app's routing (direct.py).
+Mindtrace.add_asgi_middleware(
+    Direct, service=Mindtrace, paths=INFERENCE_PATHS, routes=[(oip.INFER_PATH, oip.answer_infer)]
+)
 svc = Mindtrace

@@ -17,6 +17,7 @@ array([7])
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import bentoml
@@ -30,6 +31,8 @@ from service.schemas import ErrorBody
 from service.tensors import MAX_IMAGES, NORMALISATION, TensorError, read_request, write_response
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"])
+# The two infer routes below, as Starlette matches their path parameters (one path segment each).
+INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"
 Version = Annotated[str, Path(description="a registered version; only the one being served answers")]
@@ -208,7 +211,15 @@ INFER_DOC = {
     responses=INFER_ERRORS,
 )
 async def infer(request: Request, name: str, version: Version | None = None) -> Response:
-    """Probabilities and labels for the input's images; outputs as JSON or binary data, as asked."""
+    """Probabilities and labels for the input's images; outputs as JSON or binary data, as asked.
+
+    The service answers these paths through ``service.direct`` (``INFER_PATH``), without FastAPI's routing:
+    this route gives the OpenAPI document its entry, and serves a request that reaches it all the same."""
+    return await answer_infer(request, name, version)
+
+
+async def answer_infer(request: Request, name: str, version: str | None = None) -> Response:
+    """The answer of ``infer``: its handler on the direct path too."""
     svc = _service()
     found = _served_version(name, version)
     if isinstance(found, JSONResponse):
