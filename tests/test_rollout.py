@@ -380,20 +380,17 @@ def test_a_restarted_service_starts_with_what_it_served_last_then_follows_the_re
 def test_a_rollout_whose_candidate_is_gone_is_rolled_back_with_the_reason(service):
     # Started from Python behind the service's back, then the candidate deleted before the leader could load
     # it: the leader ends the rollout and says why, rather than asking the registry again at every look.
-    from mlflow import MlflowClient
-
     from mindtrace.config import Config
     from mindtrace.registry import Registry
     from mindtrace.rollout import RolloutRequest, start
 
     champion = service.champion()
     registry = Registry(config=Config(env=service.env))
-    client = MlflowClient(registry.tracking_uri)
-    copied = client.get_model_version("mnist-mlp", "2")
-    gone = client.create_model_version("mnist-mlp", source=copied.source, run_id=copied.run_id).version
-    rollout = start(registry, None, RolloutRequest(version=str(gone), mode="canary", percent=50, **PATIENT))
-    client.delete_model_version("mnist-mlp", str(gone))
+    copied = registry.client.get_model_version("mnist-mlp", "2")
+    gone = registry.register(copied.run_id, copied.source).version
+    rollout = start(registry, None, RolloutRequest(version=gone, mode="canary", percent=50, **PATIENT))
+    registry.delete_version(None, gone)
     state = wait_for(lambda: (s := service.state())["status"] != "running" and s, 30, "the rollout to end")
     assert (state["id"], state["status"]) == (rollout.id, "rolled-back"), state
-    assert "cannot be loaded" in state["reason"] and str(gone) in state["reason"], state
+    assert "cannot be loaded" in state["reason"] and gone in state["reason"], state
     assert service.champion() == champion and service.versions(100) == {champion}

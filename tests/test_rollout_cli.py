@@ -156,9 +156,9 @@ def test_a_candidate_deleted_during_its_rollout_is_rolled_back_rather_than_promo
 
     registry, name = setup.registry, setup.registry.default_name
     copied = registry.client.get_model_version(name, "2")
-    gone = str(registry.client.create_model_version(name, source=copied.source, run_id=copied.run_id).version)
+    gone = registry.register(copied.run_id, copied.source).version
     rollout = start(registry, None, RolloutRequest(version=gone))
-    registry.client.delete_model_version(name, gone)
+    registry.delete_version(None, gone)
     ended, changed = finish(registry, None, rollout.id, "promoted", "every check passed")
     assert changed and ended.status == "rolled-back" and f"version {gone} was deleted" in ended.reason
     assert (setup.rollout().id, setup.rollout().status) == (rollout.id, "rolled-back")
